@@ -1,1 +1,5 @@
-fn main() {}
+//! The `drawbridge` binary: parse the command line and hand over to [`drawbridge::cli`].
+
+fn main() -> std::process::ExitCode {
+    drawbridge::cli::main()
+}

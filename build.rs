@@ -1,0 +1,11 @@
+//! Build script: compiles `proto/recording.proto` into Rust with `protox` (a pure-Rust
+//! protobuf compiler, so no `protoc` binary is needed) and `prost-build`. The generated
+//! module lands in `$OUT_DIR/drawbridge.recording.v1.rs` and is included by
+//! `src/recording/mod.rs`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/recording.proto");
+    let fds = protox::compile(["proto/recording.proto"], ["proto"])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The JSON bodies of the REST API, shared by the server and the CLI client so the
+//! two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::LiveInfo;
+use crate::store::{AccessRequestRow, SessionRow};
+
+#[derive(Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    pub totp: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub user: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub admin: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct NewAccessRequest {
+    pub target: String,
+    pub login: String,
+    /// e.g. "30m", "1h"
+    pub duration: String,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Comment {
+    pub comment: Option<String>,
+}
+
+/// A request or grant as clients see it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RequestView {
+    pub id: i64,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    pub duration_secs: i64,
+    pub reason: String,
+    pub state: String,
+    pub created_at: i64,
+    pub grant_start: Option<i64>,
+    pub grant_end: Option<i64>,
+    pub decided_by: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl From<AccessRequestRow> for RequestView {
+    fn from(r: AccessRequestRow) -> Self {
+        RequestView {
+            id: r.id,
+            user: r.user,
+            target: r.target,
+            login: r.login,
+            duration_secs: r.duration_secs,
+            reason: r.reason,
+            state: r.state.as_str().to_string(),
+            created_at: r.created_at,
+            grant_start: r.grant_start,
+            grant_end: r.grant_end,
+            decided_by: r.decided_by,
+            comment: r.comment,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SessionView {
+    pub id: String,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    pub protocol: String,
+    pub grant_id: Option<i64>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub live: bool,
+}
+
+impl SessionView {
+    pub fn from_row(r: SessionRow, live: &[LiveInfo]) -> Self {
+        let is_live = live.iter().any(|l| l.id == r.id);
+        SessionView {
+            id: r.id,
+            user: r.user,
+            target: r.target,
+            login: r.login,
+            protocol: r.protocol,
+            grant_id: r.grant_id,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            end_reason: r.end_reason,
+            live: is_live,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorBody {
+    pub error: String,
+}

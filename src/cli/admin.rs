@@ -1,0 +1,206 @@
+//! `drawbridge user …` and `drawbridge target …`: run on the gateway host against
+//! its state store (like `tctl` on a Teleport auth server). Changes reach live
+//! sessions through the store's revision counter.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::config::Config;
+use crate::identity::{self, TotpSecret};
+use crate::proxy::ssh::parse_host_key;
+use crate::secret::Secret;
+use crate::store::{NewUser, SshKeyRow, Store, Target};
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints their TOTP secret once.
+    Add(UserAddArgs),
+    /// List users.
+    List,
+    /// Disable a user: their tokens die and their live sessions end at once.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+}
+
+#[derive(Args)]
+pub struct UserAddArgs {
+    name: String,
+    /// Group membership (repeatable), e.g. `--group approvers`.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    #[arg(long)]
+    admin: bool,
+    /// An OpenSSH public key file (repeatable).
+    #[arg(long = "ssh-key")]
+    ssh_keys: Vec<PathBuf>,
+    /// Read the password from standard input (first line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TargetCommand {
+    /// Register an SSH target.
+    Add(TargetAddArgs),
+    /// List targets.
+    List,
+}
+
+#[derive(Args)]
+pub struct TargetAddArgs {
+    name: String,
+    /// host:port of the target's sshd.
+    #[arg(long)]
+    address: String,
+    /// The target's host public key (`ssh-ed25519 AAAA…`), pinned.
+    #[arg(long, conflicts_with = "host_key_file")]
+    host_key: Option<String>,
+    /// A file holding the target's host public key.
+    #[arg(long)]
+    host_key_file: Option<PathBuf>,
+    /// A label (repeatable), e.g. `--label env=prod`.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("labels look like key=value")?;
+    if k.is_empty() {
+        return Err("label key is empty".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn read_password_stdin() -> anyhow::Result<Secret<String>> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let password = input.lines().next().unwrap_or("").to_string();
+    anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+    Ok(Secret::new(password))
+}
+
+pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<ExitCode> {
+    let store = crate::gateway::open_store(config)?;
+    match command {
+        UserCommand::Add(args) => add_user(store.as_ref(), args).await?,
+        UserCommand::List => {
+            for u in store.list_users().await? {
+                let state = if u.disabled { " (disabled)" } else { "" };
+                let admin = if u.admin { " admin" } else { "" };
+                println!("{}{admin}{state}\tgroups: {}", u.name, u.groups.join(","));
+            }
+        }
+        UserCommand::Disable { name } => {
+            store.set_user_disabled(&name, true).await?;
+            println!(
+                "user {name} disabled; their tokens are revoked and live sessions end within a second"
+            );
+        }
+        UserCommand::Enable { name } => {
+            store.set_user_disabled(&name, false).await?;
+            println!("user {name} enabled");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn add_user(store: &dyn Store, args: UserAddArgs) -> anyhow::Result<()> {
+    let mut ssh_keys = Vec::new();
+    for path in &args.ssh_keys {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let key = crate::keys::parse_public_key(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        ssh_keys.push(SshKeyRow {
+            openssh: key.to_openssh()?,
+            fingerprint: identity::fingerprint(&key),
+        });
+    }
+    let (password_hash, totp) = if args.password_stdin {
+        let password = read_password_stdin()?;
+        let hash = identity::hash_password(&password).map_err(anyhow::Error::msg)?;
+        (
+            Some(hash),
+            Some(TotpSecret::generate().map_err(anyhow::Error::msg)?),
+        )
+    } else {
+        (None, None)
+    };
+    let user = store
+        .create_user(NewUser {
+            name: args.name.clone(),
+            groups: args.groups,
+            admin: args.admin,
+            password_hash,
+            totp_secret: totp.as_ref().map(|t| t.bytes().to_vec()),
+            ssh_keys,
+        })
+        .await?;
+    println!(
+        "created user {} (groups: {})",
+        user.name,
+        user.groups.join(",")
+    );
+    match totp {
+        Some(secret) => {
+            // Shown once, to the admin enrolling the user; never logged.
+            println!("TOTP secret: {}", secret.base32());
+            println!("TOTP URI: {}", secret.uri(&user.name));
+        }
+        None => {
+            println!("no password set: this user can use SSH keys but cannot `drawbridge login`")
+        }
+    }
+    Ok(())
+}
+
+pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<ExitCode> {
+    let store = crate::gateway::open_store(config)?;
+    match command {
+        TargetCommand::Add(args) => {
+            let host_key = match (args.host_key, args.host_key_file) {
+                (Some(k), _) => k,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                (None, None) => anyhow::bail!(
+                    "a pinned host key is required (--host-key or --host-key-file): Drawbridge never trusts a target on first use"
+                ),
+            };
+            let key = parse_host_key(&host_key).map_err(anyhow::Error::msg)?;
+            let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+            store
+                .create_target(Target {
+                    name: args.name.clone(),
+                    protocol: "ssh".into(),
+                    address: args.address,
+                    host_key: key.to_openssh()?,
+                    labels,
+                })
+                .await?;
+            println!(
+                "created SSH target {} (host key {})",
+                args.name,
+                identity::fingerprint(&key)
+            );
+        }
+        TargetCommand::List => {
+            for t in store.list_targets().await? {
+                let labels: Vec<String> =
+                    t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    t.name,
+                    t.protocol,
+                    t.address,
+                    labels.join(",")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

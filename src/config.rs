@@ -1,0 +1,194 @@
+//! The gateway's configuration: a TOML file whose every field has a default, so
+//! `drawbridge serve` runs with no file at all. Parsed once at the edge into typed
+//! values (`SocketAddr`, `Duration`, `PathBuf`); nothing else reads TOML.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::time::serde_duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SQLite state and the gateway's keys.
+    pub data_dir: PathBuf,
+    /// One tamper-evident log per session.
+    pub recordings_dir: PathBuf,
+    /// Cedar schema and policies; built-in defaults when absent.
+    pub policies_dir: PathBuf,
+    pub ssh: SshConfig,
+    pub api: ApiConfig,
+    pub access: AccessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    pub listen: SocketAddr,
+    /// Validity of the certificate minted for each upstream login.
+    #[serde(with = "serde_duration")]
+    pub upstream_cert_ttl: Duration,
+    /// How long to wait for a target to accept TCP and finish the SSH handshake.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTPS: REST API (and later the web UI and HTTP proxy).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Lifetime of the token `drawbridge login` hands out.
+    #[serde(with = "serde_duration")]
+    pub login_token_ttl: Duration,
+    /// Longest grant anyone may ask for.
+    #[serde(with = "serde_duration")]
+    pub max_grant: Duration,
+    /// How often live sessions are re-checked against the store, so changes made by
+    /// another process (the local admin CLI, another gateway) reach them.
+    #[serde(with = "serde_duration")]
+    pub enforce_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: "data".into(),
+            recordings_dir: "recordings".into(),
+            policies_dir: "policies".into(),
+            ssh: SshConfig::default(),
+            api: ApiConfig::default(),
+            access: AccessConfig::default(),
+        }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            upstream_cert_ttl: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+        }
+    }
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            login_token_ttl: Duration::from_secs(8 * 3600),
+            max_grant: Duration::from_secs(8 * 3600),
+            enforce_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// The file at `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reports every problem at once rather than the first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.ssh.upstream_cert_ttl > Duration::from_secs(300) {
+            problems.push("ssh.upstream_cert_ttl must be at most 5m".to_string());
+        }
+        if self.ssh.upstream_cert_ttl < Duration::from_secs(30) {
+            problems.push("ssh.upstream_cert_ttl must be at least 30s".to_string());
+        }
+        if self.access.enforce_interval > Duration::from_secs(1) {
+            problems.push("access.enforce_interval must be at most 1s".to_string());
+        }
+        if self.access.max_grant.is_zero() {
+            problems.push("access.max_grant must be positive".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_listeners() {
+        let c = Config::load(None).expect("defaults are valid");
+        assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn a_file_overrides_and_every_problem_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[ssh]\nlisten = \"127.0.0.1:0\"\nupstream_cert_ttl = \"1h\"\n[access]\nenforce_interval = \"5s\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path)).expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("upstream_cert_ttl"), "{msg}");
+        assert!(msg.contains("enforce_interval"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[ssh]\nlisten_addr = \"127.0.0.1:0\"\n").expect("write");
+        assert!(matches!(
+            Config::load(Some(&path)),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

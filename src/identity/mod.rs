@@ -1,0 +1,223 @@
+//! Stage 1, identify: who is this? Checks SSH keys, passwords, TOTP codes and login
+//! tokens against the store and hands back an [`Identity`].
+//!
+//! Architecture invariant: an [`Identity`] can only be made in this module, after a
+//! check succeeded and the user was found enabled, so every later stage can take one
+//! as proof.
+
+mod password;
+mod token;
+mod totp;
+
+pub use password::hash_password;
+pub use token::LoginToken;
+pub use totp::{TotpSecret, totp_code};
+
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+
+use crate::secret::Secret;
+use crate::store::{Store, StoreError, User};
+use crate::time::UnixTime;
+
+/// A user whose identity was verified just now.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    user: User,
+    method: &'static str,
+}
+
+impl Identity {
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+    pub fn name(&self) -> &str {
+        &self.user.name
+    }
+    /// How the user proved it ("publickey", "token", "password+totp"), for audit.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Deliberately vague: a client must not learn which part was wrong.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("user {0} is disabled")]
+    Disabled(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The SHA-256 fingerprint that keys are looked up by.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+fn enabled(user: User, method: &'static str) -> Result<Identity, IdentityError> {
+    if user.disabled {
+        return Err(IdentityError::Disabled(user.name));
+    }
+    Ok(Identity { user, method })
+}
+
+/// The owner of a public key whose possession SSH has already verified.
+pub async fn by_public_key(store: &dyn Store, key: &PublicKey) -> Result<Identity, IdentityError> {
+    match store.user_by_key_fingerprint(&fingerprint(key)).await? {
+        Some(user) => enabled(user, "publickey"),
+        None => Err(IdentityError::InvalidCredentials),
+    }
+}
+
+/// Password and TOTP code, both required. A TOTP code is accepted once: the step
+/// it belongs to is burnt, so a replayed code is refused.
+pub async fn by_password_totp(
+    store: &dyn Store,
+    name: &str,
+    password: &Secret<String>,
+    code: &str,
+    now: UnixTime,
+) -> Result<Identity, IdentityError> {
+    let Some(creds) = store.user_by_name(name).await? else {
+        // Hash anyway so an unknown name costs the same time as a wrong password.
+        password::verify_dummy(password);
+        return Err(IdentityError::InvalidCredentials);
+    };
+    let password_ok = creds
+        .password_hash
+        .as_deref()
+        .is_some_and(|hash| password::verify(hash, password));
+    let step = creds
+        .totp_secret
+        .as_deref()
+        .and_then(|secret| totp::matching_step(secret, code, now));
+    let (true, Some(step)) = (password_ok, step) else {
+        return Err(IdentityError::InvalidCredentials);
+    };
+    if !store.use_totp_step(creds.user.id, step).await? {
+        return Err(IdentityError::InvalidCredentials);
+    }
+    enabled(creds.user, "password+totp")
+}
+
+/// The holder of a login token that has not expired.
+pub async fn by_token(
+    store: &dyn Store,
+    token: &str,
+    now: UnixTime,
+) -> Result<Identity, IdentityError> {
+    match store.user_by_token(&token::hash(token), now).await? {
+        Some(user) => enabled(user, "token"),
+        None => Err(IdentityError::InvalidCredentials),
+    }
+}
+
+/// Issues a login token for a freshly verified identity.
+pub async fn issue_token(
+    store: &dyn Store,
+    identity: &Identity,
+    ttl_secs: i64,
+    now: UnixTime,
+) -> Result<LoginToken, IdentityError> {
+    let token = LoginToken::generate().map_err(|e| IdentityError::Internal(e.to_string()))?;
+    let expires_at = now + ttl_secs;
+    store
+        .insert_token(
+            &token::hash(token.value().expose()),
+            identity.user.id,
+            expires_at,
+        )
+        .await?;
+    Ok(token.with_expiry(expires_at))
+}
+
+/// Re-reads the user, for checks long after the identity was made (live sessions).
+pub async fn still_enabled(store: &dyn Store, identity: &Identity) -> Result<bool, StoreError> {
+    Ok(store
+        .user_by_id(identity.user.id)
+        .await?
+        .is_some_and(|u| !u.disabled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewUser, SqliteStore};
+
+    async fn alice(store: &SqliteStore, secret: &TotpSecret) {
+        store
+            .create_user(NewUser {
+                name: "alice".into(),
+                groups: vec![],
+                admin: false,
+                password_hash: Some(hash_password(&Secret::new("pw".into())).expect("hash")),
+                totp_secret: Some(secret.bytes().to_vec()),
+                ssh_keys: vec![],
+            })
+            .await
+            .expect("create");
+    }
+
+    #[tokio::test]
+    async fn password_and_totp_log_in_once_and_replay_is_refused() {
+        let store = SqliteStore::in_memory().expect("store");
+        let secret = TotpSecret::generate().expect("secret");
+        alice(&store, &secret).await;
+        let now = 1_700_000_000;
+        let code = totp_code(secret.bytes(), now);
+        let pw = Secret::new("pw".to_string());
+        let id = by_password_totp(&store, "alice", &pw, &code, now)
+            .await
+            .expect("login");
+        assert_eq!(id.name(), "alice");
+        let again = by_password_totp(&store, "alice", &pw, &code, now).await;
+        assert!(matches!(again, Err(IdentityError::InvalidCredentials)));
+    }
+
+    #[tokio::test]
+    async fn wrong_password_wrong_code_unknown_user_are_refused() {
+        let store = SqliteStore::in_memory().expect("store");
+        let secret = TotpSecret::generate().expect("secret");
+        alice(&store, &secret).await;
+        let now = 1_700_000_000;
+        let code = totp_code(secret.bytes(), now);
+        let bad_code = if code == "000000" { "000001" } else { "000000" };
+        let pw = Secret::new("pw".to_string());
+        let wrong = Secret::new("nope".to_string());
+        for (name, pw, code) in [
+            ("alice", &wrong, code.as_str()),
+            ("alice", &pw, bad_code),
+            ("mallory", &pw, code.as_str()),
+        ] {
+            let r = by_password_totp(&store, name, pw, code, now).await;
+            assert!(
+                matches!(r, Err(IdentityError::InvalidCredentials)),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_expire_and_die_with_a_disabled_user() {
+        let store = SqliteStore::in_memory().expect("store");
+        let secret = TotpSecret::generate().expect("secret");
+        alice(&store, &secret).await;
+        let now = 1_700_000_000;
+        let code = totp_code(secret.bytes(), now);
+        let id = by_password_totp(&store, "alice", &Secret::new("pw".into()), &code, now)
+            .await
+            .expect("login");
+        let token = issue_token(&store, &id, 60, now).await.expect("token");
+        let value = token.value().expose().clone();
+        assert!(by_token(&store, &value, now + 59).await.is_ok());
+        assert!(by_token(&store, &value, now + 60).await.is_err());
+        store
+            .set_user_disabled("alice", true)
+            .await
+            .expect("disable");
+        assert!(by_token(&store, &value, now + 1).await.is_err());
+    }
+}

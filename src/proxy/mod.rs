@@ -1,0 +1,4 @@
+//! Protocol fronts. Each drives the session pipeline with its own wording and
+//! relays bytes; none decides who may do what.
+
+pub mod ssh;

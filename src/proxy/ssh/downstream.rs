@@ -1,0 +1,276 @@
+//! The engineer's side of an SSH connection: identify by public key, parse
+//! `LOGIN@TARGET`, accept session channels and hand each to a channel task.
+//! The upstream session is opened once per connection, by the first channel
+//! that asks for a shell, a command or a subsystem.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::{
+    self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, Disconnect};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+
+use super::SshFront;
+use super::channel::{self, ChannelContext};
+use super::upstream::UpstreamConnection;
+use crate::identity::{self, Identity};
+use crate::session::SessionHandle;
+
+/// `root@web-1` → login `root`, target `web-1`, split at the last `@` like every
+/// stock client does with `root@web-1@gateway`.
+pub fn split_username(user: &str) -> Option<(&str, &str)> {
+    let (login, target) = user.rsplit_once('@')?;
+    (!login.is_empty() && !target.is_empty()).then_some((login, target))
+}
+
+/// The upstream session shared by all channels of one connection.
+pub(super) struct OpenSession {
+    pub upstream: UpstreamConnection,
+    pub session: SessionHandle,
+}
+
+enum Slot {
+    Empty,
+    Open(Arc<OpenSession>),
+    Ended(String),
+}
+
+pub(super) struct SessionSlot {
+    slot: Mutex<Slot>,
+    /// Number of channel tasks still running; the end-of-session watcher waits
+    /// for them to tell their clients why before it disconnects.
+    pub channels: watch::Sender<usize>,
+}
+
+impl SessionSlot {
+    /// The connection's upstream session, opened through the pipeline on first use.
+    /// Returns the message for the client when it cannot be had.
+    pub async fn get_or_open(
+        self: &Arc<Self>,
+        front: &Arc<SshFront>,
+        identity: &Identity,
+        (login, target): (&str, &str),
+        downstream: &server::Handle,
+    ) -> Result<Arc<OpenSession>, String> {
+        // Held across the pipeline on purpose: a second channel waits for the first
+        // to finish opening instead of opening a second upstream session.
+        let mut slot = self.slot.lock().await;
+        match &*slot {
+            Slot::Open(open) => return Ok(open.clone()),
+            Slot::Ended(message) => return Err(message.clone()),
+            Slot::Empty => {}
+        }
+        let established = front
+            .pipeline
+            .open(identity.clone(), target, login, &front.upstream)
+            .await
+            .map_err(|e| {
+                tracing::info!(user = identity.name(), target, login, side = ?e.side(), error = %e, "session refused");
+                e.client_message()
+            })?;
+        let open = Arc::new(OpenSession {
+            upstream: established.connection,
+            session: established.session,
+        });
+        *slot = Slot::Open(open.clone());
+        tokio::spawn(watch_end(self.clone(), open.clone(), downstream.clone()));
+        Ok(open)
+    }
+
+    /// Ends the upstream session (idempotent): disconnects the target and seals the
+    /// recording with `reason`.
+    pub async fn finish(&self, reason: &str) {
+        let previous = std::mem::replace(
+            &mut *self.slot.lock().await,
+            Slot::Ended(format!("drawbridge: {reason}")),
+        );
+        if let Slot::Open(open) = previous {
+            let _ = open
+                .upstream
+                .disconnect(Disconnect::ByApplication, reason, "en")
+                .await;
+            open.session.finish(reason).await;
+        }
+    }
+}
+
+/// Waits for the session to be ended (grant expiry, revoke, kill, disable), lets
+/// the channel tasks deliver their message, then closes the connection.
+async fn watch_end(slot: Arc<SessionSlot>, open: Arc<OpenSession>, downstream: server::Handle) {
+    let reason = open.session.live().ended().await.to_string();
+    let mut channels = slot.channels.subscribe();
+    // Bounded: a client that does not read must not keep the session alive.
+    let _ = tokio::time::timeout(Duration::from_secs(1), channels.wait_for(|n| *n == 0)).await;
+    slot.finish(&reason).await;
+    let _ = downstream
+        .disconnect(
+            Disconnect::ByApplication,
+            format!("drawbridge: {reason}"),
+            "en".into(),
+        )
+        .await;
+}
+
+struct Downstream {
+    front: Arc<SshFront>,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+    requested: Option<(String, String)>,
+    slot: Arc<SessionSlot>,
+}
+
+pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketAddr) {
+    let (channels, _) = watch::channel(0);
+    let slot = Arc::new(SessionSlot {
+        slot: Mutex::new(Slot::Empty),
+        channels,
+    });
+    let handler = Downstream {
+        front: front.clone(),
+        peer,
+        identity: None,
+        requested: None,
+        slot: slot.clone(),
+    };
+    match server::run_stream(front.config.clone(), stream, handler).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "ssh connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+    }
+    slot.finish("client disconnected").await;
+}
+
+impl Downstream {
+    /// Lets a key through only if it belongs to an enabled user and the username
+    /// names a login and a target.
+    async fn identify(&self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
+        split_username(user)?;
+        match identity::by_public_key(self.front.store.as_ref(), key).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
+                None
+            }
+        }
+    }
+}
+
+impl server::Handler for Downstream {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match self.identify(user, offer.public_key).await {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(identity) = self.identify(user, key.public_key).await else {
+            return Ok(Auth::reject());
+        };
+        let Some((login, target)) = split_username(user) else {
+            return Ok(Auth::reject());
+        };
+        tracing::info!(peer = %self.peer, user = identity.name(), login, target, "ssh user identified");
+        self.requested = Some((login.to_string(), target.to_string()));
+        self.identity = Some(identity);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(identity), Some(requested)) = (self.identity.clone(), self.requested.clone())
+        else {
+            // Dropping `reply` refuses the channel.
+            return Ok(());
+        };
+        reply.accept().await;
+        let context = ChannelContext {
+            front: self.front.clone(),
+            slot: self.slot.clone(),
+            identity,
+            requested,
+            downstream: session.handle(),
+        };
+        // Never await the relay here: the connection's event loop is waiting on
+        // this callback.
+        tokio::spawn(channel::run(channel, context));
+        Ok(())
+    }
+
+    // The channel task acts on these requests; here we only acknowledge them so the
+    // client proceeds. A refusal is then explained on the channel's stderr.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _: &str,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_username;
+
+    #[test]
+    fn usernames_split_at_the_last_at() {
+        assert_eq!(split_username("root@web-1"), Some(("root", "web-1")));
+        assert_eq!(split_username("a@b@web-1"), Some(("a@b", "web-1")));
+        assert_eq!(split_username("root"), None);
+        assert_eq!(split_username("@web-1"), None);
+        assert_eq!(split_username("root@"), None);
+    }
+}

@@ -1,0 +1,81 @@
+//! The SSH front: engineers connect with stock `ssh`/`scp`/`sftp`/`rsync` as
+//! `LOGIN@TARGET@gateway`; the gateway logs in to the target with a short-lived
+//! certificate and relays each channel.
+//!
+//! - `downstream`: the russh server side (the engineer's connection).
+//! - `upstream`: the russh client side (the target), host-key pinning included.
+//! - `channel`: one task per session channel, relaying and recording.
+
+mod channel;
+mod downstream;
+mod upstream;
+
+pub use upstream::{SshUpstream, parse_host_key};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::MethodKind;
+use russh::keys::ssh_key::PrivateKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::session::Pipeline;
+use crate::store::Store;
+
+/// Everything a connection needs, shared by all of them.
+pub struct SshFront {
+    pub pipeline: Arc<Pipeline>,
+    pub store: Arc<dyn Store>,
+    pub upstream: SshUpstream,
+    config: Arc<russh::server::Config>,
+}
+
+impl SshFront {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        store: Arc<dyn Store>,
+        host_key: PrivateKey,
+        upstream: SshUpstream,
+    ) -> Self {
+        let config = russh::server::Config {
+            keys: vec![host_key],
+            methods: (&[MethodKind::PublicKey][..]).into(),
+            // Constant-time refusals, but no delay on the "none" probe every
+            // OpenSSH client sends first.
+            auth_rejection_time: Duration::from_millis(500),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        };
+        SshFront {
+            pipeline,
+            store,
+            upstream,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Accepts connections until `shutdown` flips to true.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            // Accept is cancel-safe; shutdown only stops taking new connections.
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ssh accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let front = self.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                downstream::serve(front, stream, peer).await;
+            });
+        }
+    }
+}

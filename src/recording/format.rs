@@ -1,0 +1,236 @@
+//! The byte-level rules of the recording format, version 1: magic line, frames, the SHA-256
+//! chain, the canonical-encoding check and the seal's signature input.
+//!
+//! Architecture invariant: this module does no IO. Bytes in, bytes out; the writer, reader
+//! and verifier all go through these functions so they cannot drift apart, and
+//! `proto/RECORDING.md` describes exactly what is here.
+
+use prost::Message;
+use ring::digest::{Context, SHA256, digest};
+
+use super::proto::{Record, Seal};
+
+/// The first bytes of every v1 recording file.
+pub const MAGIC: &[u8] = b"DRAWBRIDGE-REC v1\n";
+
+/// What every version's magic line starts with; used to tell "other version" from "not a
+/// recording at all".
+pub const MAGIC_PREFIX: &[u8] = b"DRAWBRIDGE-REC ";
+
+/// Largest encoded `Record` a reader accepts (the 4-byte length prefix not included).
+pub const MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
+
+/// The writer splits `Data` payloads into chunks of at most this many bytes, so a frame
+/// never comes near [`MAX_FRAME_LEN`].
+pub const MAX_DATA_CHUNK: usize = 1024 * 1024;
+
+/// Length of the length prefix of a frame.
+pub const LEN_PREFIX: usize = 4;
+
+/// Domain-separation prefix of the chain's starting value.
+pub const CHAIN_DOMAIN: &[u8] = b"drawbridge-rec-v1 chain\n";
+
+/// Domain-separation prefix of the seal signature input.
+pub const SEAL_DOMAIN: &[u8] = b"drawbridge-rec-v1 seal\n";
+
+/// A chain value: SHA-256 output.
+pub type Hash = [u8; 32];
+
+/// `h_0 = SHA-256(CHAIN_DOMAIN || MAGIC)`: the chain value before record 0.
+pub fn genesis_hash() -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(CHAIN_DOMAIN);
+    ctx.update(MAGIC);
+    finish(ctx)
+}
+
+/// `h_{i+1} = SHA-256(h_i || frame_i)`, where `frame_i` is the whole frame of record `i`:
+/// its 4-byte length prefix followed by the encoded record.
+pub fn chain_next(prev: &Hash, frame: &[u8]) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(prev);
+    ctx.update(frame);
+    finish(ctx)
+}
+
+fn finish(ctx: Context) -> Hash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// SHA-256 of arbitrary bytes (used for key ids).
+pub fn sha256(bytes: &[u8]) -> Hash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+/// Error from [`encode_frame`] or [`decode_len`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLong(pub u64);
+
+/// Encodes `record` as a whole frame: 4-byte big-endian length, then the record.
+pub fn encode_frame(record: &Record) -> Result<Vec<u8>, TooLong> {
+    let len = record.encoded_len();
+    let len32 = u32::try_from(len)
+        .ok()
+        .filter(|l| *l <= MAX_FRAME_LEN)
+        .ok_or(TooLong(len as u64))?;
+    let mut frame = Vec::with_capacity(LEN_PREFIX + len);
+    frame.extend_from_slice(&len32.to_be_bytes());
+    // Encoding into a Vec only fails on insufficient capacity, which a Vec never has.
+    record.encode(&mut frame).map_err(|_| TooLong(len as u64))?;
+    Ok(frame)
+}
+
+/// Reads a length prefix, enforcing [`MAX_FRAME_LEN`].
+pub fn decode_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, TooLong> {
+    let len = u32::from_be_bytes(prefix);
+    if len > MAX_FRAME_LEN {
+        return Err(TooLong(u64::from(len)));
+    }
+    // u32 always fits in usize on the platforms we build for (unix, 32 or 64 bit).
+    usize::try_from(len).map_err(|_| TooLong(u64::from(len)))
+}
+
+/// Decodes the record in a whole frame (prefix included) and checks that the bytes are the
+/// canonical encoding of what was decoded. Returns a short description on failure.
+pub fn decode_record(frame: &[u8]) -> Result<Record, String> {
+    let payload = frame
+        .get(LEN_PREFIX..)
+        .ok_or("frame shorter than its length prefix")?;
+    let record = Record::decode(payload).map_err(|e| format!("unparsable record ({e})"))?;
+    if !is_canonical(&record, payload) {
+        return Err("non-canonical encoding (unknown or reordered fields)".to_string());
+    }
+    Ok(record)
+}
+
+/// True when `payload` is exactly the canonical encoding of `record`: fields in field-number
+/// order, each once, proto3 defaults omitted, minimal varints, no unknown fields. This is
+/// what makes the seal frame (the one frame the chain does not cover) non-malleable.
+pub fn is_canonical(record: &Record, payload: &[u8]) -> bool {
+    if record.encoded_len() != payload.len() {
+        return false;
+    }
+    record.encode_to_vec() == payload
+}
+
+/// The exact bytes the seal's Ed25519 signature covers (see RECORDING.md, "Seal"):
+///
+/// ```text
+/// SEAL_DOMAIN || final_hash (32) || seq u64 || time_us u64 || records u64
+///   || output_bytes u64 || input_bytes u64 || ended_at_unix_ms i64
+///   || len(end_reason) u32 || end_reason || len(key_id) u32 || key_id
+/// ```
+///
+/// All integers big-endian. `seq` and `time_us` are those of the seal record itself.
+pub fn seal_message(seq: u64, time_us: u64, seal: &Seal) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SEAL_DOMAIN.len() + 32 + 48 + 8 + seal.end_reason.len() + 24);
+    m.extend_from_slice(SEAL_DOMAIN);
+    m.extend_from_slice(&seal.final_hash);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&time_us.to_be_bytes());
+    m.extend_from_slice(&seal.records.to_be_bytes());
+    m.extend_from_slice(&seal.output_bytes.to_be_bytes());
+    m.extend_from_slice(&seal.input_bytes.to_be_bytes());
+    m.extend_from_slice(&seal.ended_at_unix_ms.to_be_bytes());
+    put_str(&mut m, &seal.end_reason);
+    put_str(&mut m, &seal.key_id);
+    m
+}
+
+fn put_str(m: &mut Vec<u8>, s: &str) {
+    // Strings come from a decoded frame, itself under MAX_FRAME_LEN, so they fit in u32.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(s.as_bytes());
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// Parses hex (either case). `None` on odd length or a non-hex digit.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|p| Some((digit(p[0])? << 4) | digit(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::{Note, record::Body};
+    use super::*;
+
+    fn note(seq: u64, text: &str) -> Record {
+        Record {
+            seq,
+            time_us: 5,
+            prev_hash: vec![7; 32],
+            body: Some(Body::Note(Note { text: text.into() })),
+        }
+    }
+
+    #[test]
+    fn frame_round_trip_and_canonical() {
+        let r = note(3, "hello");
+        let frame = encode_frame(&r).expect("encode");
+        let len = decode_len(frame[..4].try_into().expect("4 bytes")).expect("len");
+        assert_eq!(len + LEN_PREFIX, frame.len());
+        assert_eq!(decode_record(&frame).expect("decode"), r);
+
+        // An unknown field appended (field 99, varint 1) still decodes but is not canonical.
+        let mut extra = frame.clone();
+        extra.extend_from_slice(&[0x98, 0x06, 0x01]);
+        assert!(decode_record(&extra).is_err());
+    }
+
+    #[test]
+    fn length_limit() {
+        assert!(decode_len((MAX_FRAME_LEN + 1).to_be_bytes()).is_err());
+        assert_eq!(
+            decode_len(MAX_FRAME_LEN.to_be_bytes()),
+            Ok(MAX_FRAME_LEN as usize)
+        );
+    }
+
+    #[test]
+    fn chain_is_order_sensitive() {
+        let h0 = genesis_hash();
+        let a = chain_next(&h0, b"a");
+        let b = chain_next(&h0, b"b");
+        assert_ne!(a, b);
+        assert_ne!(chain_next(&a, b"b"), chain_next(&b, b"a"));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&bytes), "0001abff");
+        assert_eq!(unhex("0001ABff"), Some(bytes.to_vec()));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,113 @@
+//! Tamper-evident session recordings: one append-only file per session.
+//!
+//! A recording is a magic line followed by length-framed protobuf `Record`s
+//! (`proto/recording.proto`), each carrying the SHA-256 chain value of everything before it,
+//! and ends with an Ed25519-signed `Seal`. Editing, removing, reordering or truncating
+//! anything is detected by [`verify_file`]. `proto/RECORDING.md` is the normative format
+//! specification, precise enough for an independent verifier.
+//!
+//! Code map:
+//! - [`format`]: the byte-level rules (magic, frames, chain, canonical encoding, seal input).
+//!   No IO.
+//! - [`key`]: [`RecordingKey`] (signing) and [`KeyRing`] (trusted public keys, rotation).
+//! - [`writer`]: [`Recorder`], the synchronous append-only writer a session holds, and
+//!   [`Recorder::seal_interrupted`] for recordings left unsealed by a crash.
+//! - [`reader`]: [`read_file`] for listing and replay, and the frame reader shared with
+//!   verification.
+//! - [`verify`]: [`verify_file`], which reports every break it finds.
+//! - [`replay`]: [`replay`] of terminal output at recorded speed.
+//!
+//! Architecture invariants: the writer never rewrites or seeks; the chain covers every byte
+//! of every frame except the seal's, and the seal's bytes are covered by its signature plus
+//! the canonical-encoding rule; verification never stops at the first problem.
+
+pub mod format;
+pub mod key;
+pub mod reader;
+pub mod replay;
+pub mod verify;
+pub mod writer;
+
+#[cfg(test)]
+mod tests;
+
+/// Types generated from `proto/recording.proto` (package `drawbridge.recording.v1`).
+#[allow(clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/drawbridge.recording.v1.rs"));
+}
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use key::{KeyRing, RecordingKey, format_public_key, parse_public_key};
+pub use reader::{Recording, read_file};
+pub use replay::replay;
+pub use verify::{Problem, VerifyReport, verify_file};
+pub use writer::{Recorder, SealSummary};
+
+/// File name extension of recordings: `<session_id>.dbr`.
+pub const FILE_EXTENSION: &str = "dbr";
+
+/// What a recording says about its session; written as the `SessionStart` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMeta {
+    pub session_id: String,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    /// "ssh", "postgres", "http".
+    pub protocol: String,
+    pub grant_id: Option<i64>,
+    pub started_at_unix_ms: i64,
+}
+
+impl SessionMeta {
+    /// The metadata stored in a `SessionStart` record (its key id aside).
+    pub fn from_start(start: &proto::SessionStart) -> SessionMeta {
+        SessionMeta {
+            session_id: start.session_id.clone(),
+            user: start.user.clone(),
+            target: start.target.clone(),
+            login: start.login.clone(),
+            protocol: start.protocol.clone(),
+            grant_id: start.grant_id,
+            started_at_unix_ms: start.started_at_unix_ms,
+        }
+    }
+}
+
+/// Errors of writing, reading and replaying recordings. Verification does not fail with
+/// these: it returns a [`VerifyReport`] listing problems.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("recording I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not a well-formed recording. `record` is the 0-based index where it
+    /// breaks, when the break is inside a record.
+    #[error(
+        "malformed recording {}: {}{what}",
+        path.display(),
+        record.map(|r| format!("record {r}: ")).unwrap_or_default()
+    )]
+    Format {
+        path: PathBuf,
+        record: Option<u64>,
+        what: String,
+    },
+    #[error("recording key: {0}")]
+    Key(String),
+    /// The session id cannot be used as a file name.
+    #[error("session id {0:?} is not usable as a recording file name")]
+    InvalidSessionId(String),
+    /// An earlier write failed; the file's tail is in an unknown state, so the recorder
+    /// refuses to append (fail closed: the caller should end the session).
+    #[error("recorder for {0} failed earlier and accepts no more records")]
+    Poisoned(PathBuf),
+    /// The session's recording was already sealed; nothing more may be appended.
+    #[error("the recording is already sealed")]
+    Closed,
+    #[error("replay speed must be a positive number, got {0}")]
+    InvalidSpeed(f64),
+}

@@ -1,0 +1,268 @@
+//! [`verify_file`]: checks a recording's integrity and reports every break it finds.
+//!
+//! Checked, in one streaming pass: the magic line; framing (length limit, torn tail); that
+//! every record parses and is canonically encoded; `seq` counts up by one; each `prev_hash`
+//! equals the chain value computed from the bytes before it; `time_us` never decreases;
+//! exactly one `SessionStart`, as record 0; no unknown record types; and a `Seal` as the last
+//! record whose counts and final hash match and whose signature verifies under a key in the
+//! [`KeyRing`].
+//!
+//! After a break the verifier resynchronises on the next record's own `seq` and
+//! `prev_hash`, so each edit is reported once, where it is detected, rather than as a
+//! cascade. An unsealed file (writer crashed) with intact records has no problems but is not
+//! [`VerifyReport::ok`]: whether it was cut short by a crash or by someone is for the audit
+//! log's copy of the seal to say.
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use super::format::{self, Hash};
+use super::key::KeyRing;
+use super::proto::{Record, Seal, record::Body};
+use super::reader::{FrameReader, Header, NextFrame};
+
+/// Problems listed per report at most; a mangled file would otherwise list one per record.
+const MAX_PROBLEMS: usize = 100;
+
+/// One integrity break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 0-based position of the record where the break is detected (equal to its seq in an
+    /// intact file); `None` for whole-file problems such as a bad magic line.
+    pub record: Option<u64>,
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.record {
+            Some(r) => write!(f, "record {r}: {}", self.what),
+            None => f.write_str(&self.what),
+        }
+    }
+}
+
+/// Outcome of [`verify_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub path: PathBuf,
+    /// Whole frames read, the seal included.
+    pub records: u64,
+    /// A seal was found (it may still have problems of its own).
+    pub sealed: bool,
+    /// The seal's final hash, to compare with the audit log's copy.
+    pub final_hash: Option<[u8; 32]>,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when the recording is sealed and has no problem at all.
+    pub fn ok(&self) -> bool {
+        self.sealed && self.problems.is_empty()
+    }
+
+    fn problem(&mut self, record: Option<u64>, what: impl Into<String>) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem {
+                record,
+                what: what.into(),
+            });
+        } else if self.problems.len() == MAX_PROBLEMS {
+            self.problems.push(Problem {
+                record: None,
+                what: "further problems not listed".into(),
+            });
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match (self.ok(), self.sealed) {
+            (true, _) => "OK",
+            (false, true) => "FAILED",
+            (false, false) => "NOT SEALED",
+        };
+        write!(
+            f,
+            "{}: {state} ({} records)",
+            self.path.display(),
+            self.records
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Running state of one verification pass.
+struct Pass<'k> {
+    keys: &'k KeyRing,
+    report: VerifyReport,
+    /// Chain value before the current frame.
+    chain: Hash,
+    expected_seq: u64,
+    last_time_us: u64,
+    output_bytes: u64,
+    input_bytes: u64,
+}
+
+/// Verifies the recording at `path` against the trusted `keys`. Never fails: unreadable or
+/// malformed files come back as problems.
+pub fn verify_file(path: &Path, keys: &KeyRing) -> VerifyReport {
+    let mut pass = Pass {
+        keys,
+        report: VerifyReport {
+            path: path.to_path_buf(),
+            records: 0,
+            sealed: false,
+            final_hash: None,
+            problems: Vec::new(),
+        },
+        chain: format::genesis_hash(),
+        expected_seq: 0,
+        last_time_us: 0,
+        output_bytes: 0,
+        input_bytes: 0,
+    };
+    pass.run(path);
+    pass.report
+}
+
+impl Pass<'_> {
+    fn run(&mut self, path: &Path) {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return self.report.problem(None, format!("cannot open: {e}")),
+        };
+        let mut frames = FrameReader::new(BufReader::new(file));
+        match frames.header() {
+            Ok(Header::V1) => {}
+            Ok(Header::Truncated) => {
+                return self
+                    .report
+                    .problem(None, "truncated magic line (file cut short)");
+            }
+            Ok(Header::OtherVersion(line)) => {
+                return self
+                    .report
+                    .problem(None, format!("unsupported format version {line:?}"));
+            }
+            Ok(Header::NotARecording) => {
+                return self
+                    .report
+                    .problem(None, "bad magic: not a Drawbridge v1 recording");
+            }
+            Err(e) => return self.report.problem(None, format!("read error: {e}")),
+        }
+        loop {
+            let index = self.report.records;
+            match frames.next_frame() {
+                Ok(NextFrame::Frame(frame)) => {
+                    self.report.records += 1;
+                    self.frame(index, &frame);
+                }
+                Ok(NextFrame::End) => break,
+                Ok(NextFrame::Torn { have, need }) => {
+                    let what = format!("truncated frame, {have} of {need} bytes (torn tail)");
+                    return self.report.problem(Some(index), what);
+                }
+                Ok(NextFrame::TooLong(len)) => {
+                    let what = format!("frame length {len} exceeds the limit (corrupt length)");
+                    return self.report.problem(Some(index), what);
+                }
+                Err(e) => return self.report.problem(Some(index), format!("read error: {e}")),
+            }
+        }
+        if self.report.records == 0 {
+            self.report
+                .problem(None, "no records (a recording starts with a SessionStart)");
+        }
+    }
+
+    fn frame(&mut self, index: u64, frame: &[u8]) {
+        let prev = self.chain;
+        // The chain runs over the bytes as found, so a record that does not even parse
+        // still lets the next one be checked against it.
+        self.chain = format::chain_next(&prev, frame);
+        if self.report.sealed {
+            return self.report.problem(Some(index), "record after the seal");
+        }
+        let record = match format::decode_record(frame) {
+            Ok(r) => r,
+            Err(what) => return self.report.problem(Some(index), what),
+        };
+        if record.seq != self.expected_seq {
+            let what = format!(
+                "seq is {}, expected {} (records removed, inserted or reordered)",
+                record.seq, self.expected_seq
+            );
+            self.report.problem(Some(index), what);
+        }
+        self.expected_seq = record.seq.wrapping_add(1);
+        if record.prev_hash != prev {
+            let what = match index {
+                0 => "chain mismatch (header altered)".to_string(),
+                i => format!(
+                    "chain mismatch (record {} was altered or removed, or records after it)",
+                    i - 1
+                ),
+            };
+            self.report.problem(Some(index), what);
+            // Resynchronise on the record's own claim so one edit is reported once.
+            if let Ok(claimed) = <Hash>::try_from(record.prev_hash.as_slice()) {
+                self.chain = format::chain_next(&claimed, frame);
+            }
+        }
+        if record.time_us < self.last_time_us {
+            self.report.problem(Some(index), "time goes backwards");
+        }
+        self.last_time_us = self.last_time_us.max(record.time_us);
+        self.body(index, &record, &prev);
+    }
+
+    fn body(&mut self, index: u64, record: &Record, prev: &Hash) {
+        let is_start = matches!(record.body, Some(Body::Start(_)));
+        if index == 0 && !is_start {
+            self.report
+                .problem(Some(0), "record 0 is not a SessionStart");
+        } else if index != 0 && is_start {
+            self.report.problem(Some(index), "a second SessionStart");
+        }
+        match &record.body {
+            None => self.report.problem(Some(index), "record has no known body"),
+            Some(Body::Output(d)) => self.output_bytes += d.data.len() as u64,
+            Some(Body::Input(d)) => self.input_bytes += d.data.len() as u64,
+            Some(Body::Seal(seal)) => self.seal(index, record, seal, prev),
+            Some(_) => {}
+        }
+    }
+
+    fn seal(&mut self, index: u64, record: &Record, seal: &Seal, prev: &Hash) {
+        self.report.sealed = true;
+        self.report.final_hash = <[u8; 32]>::try_from(seal.final_hash.as_slice()).ok();
+        let mut bad = |what: String| self.report.problem(Some(index), what);
+        if seal.records != index {
+            bad(format!(
+                "seal counts {} records, {index} precede it",
+                seal.records
+            ));
+        }
+        if seal.output_bytes != self.output_bytes || seal.input_bytes != self.input_bytes {
+            bad(format!(
+                "seal counts {}/{} output/input bytes, records hold {}/{}",
+                seal.output_bytes, seal.input_bytes, self.output_bytes, self.input_bytes
+            ));
+        }
+        if seal.final_hash != prev {
+            bad("seal's final hash does not match the chain (a record was altered)".into());
+        }
+        let message = format::seal_message(record.seq, record.time_us, seal);
+        if let Err(what) = self.keys.verify(&seal.key_id, &message, &seal.signature) {
+            bad(format!("seal: {what}"));
+        }
+    }
+}

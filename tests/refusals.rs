@@ -1,0 +1,201 @@
+//! Every way to be refused, each proven against the real gateway and sshd.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn an_unknown_key_is_refused_at_authentication() {
+    let w = World::new();
+    let stranger = w.gateway.path("stranger");
+    keygen(&stranger);
+    let o = std::process::Command::new("ssh")
+        .args(["-p", &w.alice.ssh_port.to_string(), "-i"])
+        .arg(&stranger)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .arg("root@web-1@127.0.0.1")
+        .arg("true")
+        .output()
+        .expect("ssh");
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_pending_request_does_not_open_the_door() {
+    let w = World::new();
+    w.alice.login();
+    let id = w.alice.request("web-1", "root", "30m");
+    let o = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("request {id} is pending approval")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_grant_is_for_exactly_one_login_target_and_user() {
+    let w = World::new();
+    let web2 = Sshd::start(&w.gateway.path("data/keys/ssh_user_ca.pub"));
+    w.gateway.add_target("web-2", &web2, &["env=prod"]);
+    w.grant_alice("web-1", "root", "30m");
+    // Another login on the same target.
+    let o = w.alice.ssh_run("nobody@web-1", "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("access to nobody@web-1 denied"),
+        "{}",
+        stderr(&o)
+    );
+    // Another target.
+    let o = w.alice.ssh_run("root@web-2", "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("access to root@web-2 denied"),
+        "{}",
+        stderr(&o)
+    );
+    // Someone else using alice's grant.
+    let o = w.carol.ssh_run("root@web-1", "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("access to root@web-1 denied: no active grant"),
+        "{}",
+        stderr(&o)
+    );
+    // alice herself gets in.
+    assert!(w.alice.ssh_run("root@web-1", "true").status.success());
+}
+
+#[test]
+fn nobody_approves_their_own_request_and_only_approvers_approve() {
+    let w = World::new();
+    w.alice.login();
+    w.carol.login();
+    w.bob.login();
+    let id = w.alice.request("web-1", "root", "30m").to_string();
+    let own = w.alice.cli(&["approve", &id]);
+    assert!(!own.status.success());
+    assert!(
+        stderr(&own).contains("cannot approve your own request"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = w.carol.cli(&["approve", &id]);
+    assert!(!outsider.status.success());
+    assert!(
+        stderr(&outsider).contains("carol is not allowed to approve"),
+        "{}",
+        stderr(&outsider)
+    );
+    // An approver's own request cannot be self-approved either, group or not.
+    let bobs = w.bob.request("web-1", "root", "30m").to_string();
+    let o = w.bob.cli(&["approve", &bobs]);
+    assert!(
+        stderr(&o).contains("cannot approve your own request"),
+        "{}",
+        stderr(&o)
+    );
+    // Still pending after all of that.
+    let o = w.alice.ssh_run("root@web-1", "true");
+    assert!(stderr(&o).contains("pending approval"), "{}", stderr(&o));
+}
+
+#[test]
+fn wrong_password_wrong_totp_and_replayed_totp_are_refused() {
+    let w = World::new();
+    let code = w.alice.code();
+    let wrong_code = if code == "000000" { "000001" } else { "000000" };
+    let o = w.alice.login_with("pw-alice", wrong_code);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("invalid credentials"), "{}", stderr(&o));
+    let o = w.alice.login_with("not-her-password", &code);
+    assert!(stderr(&o).contains("invalid credentials"), "{}", stderr(&o));
+    let o = w.alice.login_with("pw-alice", &code);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same code a second time: replay.
+    let o = w.alice.login_with("pw-alice", &code);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("invalid credentials"), "{}", stderr(&o));
+    // No token was saved with 0644 permissions along the way.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(w.alice.home.join("cli/login.json"))
+        .expect("saved")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_target_whose_host_key_changed_is_refused() {
+    let w = World::new();
+    let imposter = Sshd::start(&w.gateway.path("data/keys/ssh_user_ca.pub"));
+    // Registered with web-1's key but pointing at a server with another key.
+    let address = format!("127.0.0.1:{}", imposter.port);
+    w.gateway.admin_ok(&[
+        "target",
+        "add",
+        "web-x",
+        "--address",
+        &address,
+        "--host-key",
+        w.sshd.host_key_pub.trim(),
+    ]);
+    w.alice.login();
+    w.bob.login();
+    let id = w.alice.request("web-x", "root", "30m");
+    assert!(w.bob.cli(&["approve", &id.to_string()]).status.success());
+    let o = w.alice.ssh_run("root@web-x", "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("does not match its pinned key"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !imposter.log().contains("Accepted publickey"),
+        "no login on the imposter"
+    );
+}
+
+#[test]
+fn an_unreachable_target_is_reported_without_hanging() {
+    let w = World::new();
+    let closed = free_port();
+    let address = format!("127.0.0.1:{closed}");
+    w.gateway.admin_ok(&[
+        "target",
+        "add",
+        "gone",
+        "--address",
+        &address,
+        "--host-key",
+        w.sshd.host_key_pub.trim(),
+    ]);
+    w.alice.login();
+    w.bob.login();
+    let id = w.alice.request("gone", "root", "30m");
+    assert!(w.bob.cli(&["approve", &id.to_string()]).status.success());
+    let started = Instant::now();
+    let o = w.alice.ssh_run("root@gone", "true");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is unreachable"), "{}", stderr(&o));
+}

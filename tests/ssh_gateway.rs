@@ -1,0 +1,289 @@
+//! End to end over SSH: stock `ssh` → drawbridge → real OpenSSH `sshd`, with
+//! grants made through the real CLI and REST API.
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn first_start_creates_private_keys_and_says_how_to_add_an_admin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[ssh]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .expect("init");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("drawbridge user add"), "{text}");
+    assert!(text.contains("TrustedUserCAKeys"), "{text}");
+    for key in [
+        "ssh_host_ed25519",
+        "ssh_user_ca",
+        "recording.pk8",
+        "tls.key",
+    ] {
+        let meta = std::fs::metadata(dir.path().join("data/keys").join(key)).expect(key);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    assert!(dir.path().join("recordings").is_dir());
+    // A second start reuses the keys and says nothing about first start.
+    let again = std::process::Command::new(BIN)
+        .args(["init", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .expect("init");
+    assert!(!stdout(&again).contains("first start"));
+}
+
+#[test]
+fn without_a_grant_ssh_is_refused_with_the_command_to_ask() {
+    let w = World::new();
+    let o = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("access to root@web-1 denied: no active grant"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drawbridge request web-1 --login root"),
+        "{err}"
+    );
+}
+
+#[test]
+fn approved_grant_opens_exec_and_pty_shell_with_a_recorded_certificate_login() {
+    let w = World::new();
+    let grant = w.grant_alice("web-1", "root", "30m");
+
+    // exec: output and exit status come back.
+    let o = w
+        .alice
+        .ssh_run("root@web-1", "uname -s; echo marker-$((40+2)); exit 3");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}\n{}",
+        stderr(&o),
+        w.gateway.log()
+    );
+    let out = stdout(&o);
+    assert!(out.contains("Linux") && out.contains("marker-42"), "{out}");
+
+    // interactive shell with a pty.
+    let mut child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"tty; echo pty-$((6*7)); exit 0\n")
+        .expect("type");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("/dev/pts/") && out.contains("pty-42"), "{out}");
+
+    // The target authenticated a gateway certificate naming the session and user.
+    let log = w.sshd.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Accepted publickey for root") && l.contains("ED25519-CERT"))
+        .unwrap_or_else(|| panic!("no certificate login in sshd log:\n{log}"));
+    assert!(
+        line.contains("ID drawbridge session=s-") && line.contains("user=alice"),
+        "{line}"
+    );
+
+    // Both sessions are listed with the grant, and their recordings verify.
+    let sessions = w.alice.cli(&["sessions", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&sessions.stdout).expect("json");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|s| s["grant_id"] == grant));
+    wait_until_ended(&w, 2);
+    let verify = w.gateway.admin(&["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("2 recordings verified, 0 failed"));
+
+    // Replay shows what the engineer saw.
+    let id = list[0]["id"].as_str().expect("id").to_string();
+    let replay = w.gateway.admin(&["replay", &id, "--speed", "0"]);
+    assert!(stdout(&replay).contains("marker-42"), "{}", stdout(&replay));
+}
+
+/// Waits until `n` sessions are recorded as ended (sealing happens just after
+/// the client sees its channel close).
+fn wait_until_ended(w: &World, n: usize) {
+    let start = Instant::now();
+    loop {
+        let o = w.alice.cli(&["sessions", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if list.iter().filter(|s| !s["ended_at"].is_null()).count() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sessions did not end: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn changing_any_byte_of_a_recording_fails_verify_naming_the_record() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let o = w.alice.ssh_run("root@web-1", "echo hello-recording");
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_until_ended(&w, 1);
+    let entries: Vec<_> = std::fs::read_dir(w.gateway.path("recordings"))
+        .expect("recordings")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dbr"))
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let path = &entries[0];
+    assert!(w.gateway.admin(&["verify"]).status.success());
+    let original = std::fs::read(path).expect("read");
+    // Flip a byte in the middle of the recording (inside the recorded output).
+    let at = original
+        .windows(5)
+        .position(|w| w == b"hello")
+        .expect("output recorded");
+    let mut tampered = original.clone();
+    tampered[at] ^= 0x20;
+    std::fs::write(path, &tampered).expect("write");
+    let o = w.gateway.admin(&["verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report = stdout(&o);
+    assert!(
+        report.contains("FAIL") && report.contains("record "),
+        "{report}"
+    );
+}
+
+#[test]
+fn revoking_a_grant_closes_the_live_session_within_a_second() {
+    let w = World::new();
+    let grant = w.grant_alice("web-1", "root", "30m");
+    let child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("echo started; sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    wait_for_live(&w, 1);
+    let revoked_at = Instant::now();
+    let o = w
+        .bob
+        .cli(&["revoke", &grant.to_string(), "--comment", "incident over"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = child.wait_with_output().expect("wait");
+    let took = revoked_at.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "session closed after {took:?}"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains(&format!("grant {grant} was revoked")),
+        "{}",
+        stderr(&o)
+    );
+    // And the grant no longer opens new sessions.
+    let again = w.alice.ssh_run("root@web-1", "true");
+    assert!(stderr(&again).contains("was revoked"), "{}", stderr(&again));
+}
+
+#[test]
+fn grant_expiry_closes_the_live_session_and_refuses_new_ones() {
+    let w = World::new();
+    let grant = w.grant_alice("web-1", "root", "3s");
+    let started = Instant::now();
+    let o = w.alice.ssh_run("root@web-1", "sleep 60");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "session lasted {took:?}");
+    assert!(
+        stderr(&o).contains(&format!("grant {grant} expired")),
+        "{}",
+        stderr(&o)
+    );
+    let again = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("expired at"), "{}", stderr(&again));
+}
+
+#[test]
+fn disabling_a_user_ends_their_live_session_and_refuses_their_key() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    wait_for_live(&w, 1);
+    let at = Instant::now();
+    w.gateway.admin_ok(&["user", "disable", "alice"]);
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        at.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        at.elapsed()
+    );
+    assert!(
+        stderr(&o).contains("your account was disabled"),
+        "{}",
+        stderr(&o)
+    );
+    let again = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(again.status.code(), Some(255));
+    assert!(
+        stderr(&again).contains("Permission denied"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+fn wait_for_live(w: &World, n: usize) {
+    let start = Instant::now();
+    loop {
+        let o = w.bob.cli(&["sessions", "--live", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if list.len() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no live session: {}",
+            w.gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

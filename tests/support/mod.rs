@@ -1,0 +1,462 @@
+//! Test fixtures: a real throwaway OpenSSH `sshd`, the real `drawbridge` binary
+//! as gateway, and users driven through the stock `ssh` client and the CLI.
+//! Everything listens on 127.0.0.1 on free ports and is cleaned up on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls until something accepts TCP on `port` (readiness, not a fixed sleep).
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+}
+
+/// A real OpenSSH server that trusts `ca_pub` for user certificates and nothing
+/// else (`AuthorizedKeysFile none`).
+pub struct Sshd {
+    pub dir: TempDir,
+    pub port: u16,
+    pub host_key_pub: String,
+    child: Child,
+}
+
+impl Sshd {
+    pub fn start(ca_pub: &Path) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host_key = dir.path().join("host_key");
+        keygen(&host_key);
+        for attempt in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nUsePAM no\n\
+                     TrustedUserCAKeys {ca}\nAuthorizedKeysFile none\nStrictModes no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
+                     LogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                    hk = host_key.display(),
+                    pid = dir.path().join("sshd.pid").display(),
+                    ca = ca_pub.display(),
+                ),
+            )
+            .expect("sshd_config");
+            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("log");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn sshd (is openssh-server installed?)");
+            if wait_for_port(port, Duration::from_secs(5)) {
+                let host_key_pub =
+                    std::fs::read_to_string(host_key.with_extension("pub")).expect("host key pub");
+                return Sshd {
+                    dir,
+                    port,
+                    host_key_pub,
+                    child,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("sshd did not start on port {port} (attempt {attempt})");
+        }
+        panic!("sshd failed to start: {}", self_log(&dir));
+    }
+
+    pub fn log(&self) -> String {
+        self_log(&self.dir)
+    }
+}
+
+fn self_log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real gateway binary with its own data, recordings and ports.
+pub struct Gateway {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub ssh_port: u16,
+    pub api_addr: String,
+    child: Child,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("drawbridge.toml");
+        std::fs::write(
+            &config,
+            "[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("DRAWBRIDGE_CONFIG", &config)
+            .env("DRAWBRIDGE_LOG", "info,drawbridge=debug,russh=warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let (mut ssh_port, mut api_addr) = (None, None);
+        while ssh_port.is_none() || api_addr.is_none() {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "gateway exited: {}",
+                        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+                    )
+                })
+                .expect("read");
+            if let Some(addr) = line.strip_prefix("drawbridge: ssh listening on ") {
+                ssh_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+            if let Some(addr) = line.strip_prefix("drawbridge: https listening on ") {
+                api_addr = Some(addr.to_string());
+            }
+        }
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Gateway {
+            config,
+            ssh_port: ssh_port.expect("ssh port"),
+            api_addr: api_addr.expect("api addr"),
+            child,
+            dir,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+
+    /// `drawbridge ARGS` as the operator on the gateway host.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("DRAWBRIDGE_CONFIG", &self.config)
+            .env("DRAWBRIDGE_HOME", self.path("admin-home"))
+            .output()
+            .expect("run drawbridge")
+    }
+
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let o = self.admin(args);
+        assert!(
+            o.status.success(),
+            "drawbridge {args:?} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// Registers an SSH target pointing at `sshd`, pinned to its real host key.
+    pub fn add_target(&self, name: &str, sshd: &Sshd, labels: &[&str]) {
+        let address = format!("127.0.0.1:{}", sshd.port);
+        let mut args = vec![
+            "target",
+            "add",
+            name,
+            "--address",
+            &address,
+            "--host-key",
+            sshd.host_key_pub.trim(),
+        ];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        self.admin_ok(&args);
+    }
+
+    pub fn add_user(&self, name: &str, groups: &[&str]) -> User {
+        let home = self.path(&format!("home-{name}"));
+        std::fs::create_dir_all(&home).expect("home");
+        let key = home.join("id_ed25519");
+        keygen(&key);
+        let key_pub = key.with_extension("pub");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["user", "add", name, "--password-stdin", "--ssh-key"])
+            .arg(&key_pub)
+            .current_dir(self.dir.path())
+            .env("DRAWBRIDGE_CONFIG", &self.config);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("user add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("pw-{name}\n").as_bytes())
+            .expect("write password");
+        let o = child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "user add: {}", stderr(&o));
+        let secret = stdout(&o)
+            .lines()
+            .find_map(|l| l.strip_prefix("TOTP secret: ").map(str::to_string))
+            .expect("TOTP secret printed");
+        User {
+            name: name.to_string(),
+            home,
+            key,
+            totp: drawbridge::identity::TotpSecret::from_base32(&secret).expect("base32"),
+            ssh_port: self.ssh_port,
+            known_hosts: self.known_hosts(),
+            gateway_dir: self.dir.path().to_path_buf(),
+            api: format!("https://{}", self.api_addr),
+        }
+    }
+
+    /// A known_hosts file pinning the gateway's own host key.
+    fn known_hosts(&self) -> PathBuf {
+        let path = self.path("known_hosts");
+        let key = std::fs::read_to_string(self.path("data/keys/ssh_host_ed25519.pub"))
+            .expect("gateway host key");
+        std::fs::write(&path, format!("[127.0.0.1]:{} {}", self.ssh_port, key))
+            .expect("known_hosts");
+        path
+    }
+
+    pub fn recording(&self, session: &str) -> PathBuf {
+        self.path(&format!("recordings/{session}.dbr"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// An engineer or approver: SSH key, password, TOTP secret, own CLI config folder.
+pub struct User {
+    pub name: String,
+    pub home: PathBuf,
+    pub key: PathBuf,
+    pub totp: drawbridge::identity::TotpSecret,
+    pub ssh_port: u16,
+    pub known_hosts: PathBuf,
+    pub gateway_dir: PathBuf,
+    pub api: String,
+}
+
+impl User {
+    pub fn code(&self) -> String {
+        drawbridge::identity::totp_code(self.totp.bytes(), unix_now())
+    }
+
+    /// `drawbridge ARGS` as this user (their own saved login).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, "")
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(&self.gateway_dir)
+            .env("DRAWBRIDGE_HOME", self.home.join("cli"))
+            .env_remove("DRAWBRIDGE_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("drawbridge");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    pub fn login_with(&self, password: &str, code: &str) -> Output {
+        self.cli_stdin(
+            &[
+                "login",
+                "--user",
+                &self.name,
+                "--server",
+                &self.api,
+                "--ca-cert",
+                "data/keys/tls.crt",
+                "--password-stdin",
+                "--totp",
+                code,
+            ],
+            &format!("{password}\n"),
+        )
+    }
+
+    pub fn login(&self) {
+        let o = self.login_with(&format!("pw-{}", self.name), &self.code());
+        assert!(o.status.success(), "login {}: {}", self.name, stderr(&o));
+    }
+
+    /// Files a request and returns its id.
+    pub fn request(&self, target: &str, login: &str, duration: &str) -> i64 {
+        let o = self.cli(&[
+            "request",
+            target,
+            "--login",
+            login,
+            "--for",
+            duration,
+            "--reason",
+            "INC-1 testing",
+        ]);
+        assert!(o.status.success(), "request: {}", stderr(&o));
+        stdout(&o)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|id| id.parse().ok())
+            .expect("request id")
+    }
+
+    /// Stock OpenSSH client, non-interactive, pinned to the gateway's host key.
+    pub fn ssh(&self, user_at_target: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-p", &self.ssh_port.to_string(), "-i"])
+            .arg(&self.key)
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+            .arg(format!("{user_at_target}@127.0.0.1"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ssh_run(&self, user_at_target: &str, command: &str) -> Output {
+        self.ssh(user_at_target).arg(command).output().expect("ssh")
+    }
+}
+
+/// A gateway, one target `web-1` (env=prod) on a real sshd, and three users:
+/// alice (engineer), bob (approver), carol (no groups).
+pub struct World {
+    pub gateway: Gateway,
+    pub sshd: Sshd,
+    pub alice: User,
+    pub bob: User,
+    pub carol: User,
+}
+
+impl World {
+    pub fn new() -> World {
+        let gateway = Gateway::start();
+        let sshd = Sshd::start(&gateway.path("data/keys/ssh_user_ca.pub"));
+        gateway.add_target("web-1", &sshd, &["env=prod"]);
+        let alice = gateway.add_user("alice", &["dev"]);
+        let bob = gateway.add_user("bob", &["approvers"]);
+        let carol = gateway.add_user("carol", &[]);
+        World {
+            gateway,
+            sshd,
+            alice,
+            bob,
+            carol,
+        }
+    }
+
+    /// alice asks, bob approves; returns the grant id.
+    pub fn grant_alice(&self, target: &str, login: &str, duration: &str) -> i64 {
+        self.alice.login_once();
+        self.bob.login_once();
+        let id = self.alice.request(target, login, duration);
+        let o = self.bob.cli(&["approve", &id.to_string()]);
+        assert!(o.status.success(), "approve: {}", stderr(&o));
+        id
+    }
+}
+
+impl User {
+    /// Logs in unless a saved login exists (a TOTP step can be used only once).
+    pub fn login_once(&self) {
+        if !self.home.join("cli/login.json").exists() {
+            self.login();
+        }
+    }
+}
