@@ -21,6 +21,14 @@ pub struct Config {
     pub ssh: SshConfig,
     pub api: ApiConfig,
     pub access: AccessConfig,
+    pub notify: NotifyConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `[[notify.webhooks]]` entries.
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +63,12 @@ pub struct AccessConfig {
     /// another process (the local admin CLI, another gateway) reach them.
     #[serde(with = "serde_duration")]
     pub enforce_interval: Duration,
+    /// A request nobody decides on within this time expires.
+    #[serde(with = "serde_duration")]
+    pub request_ttl: Duration,
+    /// How often the policy folder is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "serde_duration")]
+    pub policy_reload_interval: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +80,7 @@ impl Default for Config {
             ssh: SshConfig::default(),
             api: ApiConfig::default(),
             access: AccessConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -94,6 +109,8 @@ impl Default for AccessConfig {
             login_token_ttl: Duration::from_secs(8 * 3600),
             max_grant: Duration::from_secs(8 * 3600),
             enforce_interval: Duration::from_millis(250),
+            request_ttl: Duration::from_secs(3600),
+            policy_reload_interval: Duration::from_secs(2),
         }
     }
 }
@@ -142,6 +159,17 @@ impl Config {
         }
         if self.access.enforce_interval > Duration::from_secs(1) {
             problems.push("access.enforce_interval must be at most 1s".to_string());
+        }
+        if self.access.request_ttl.is_zero() {
+            problems.push("access.request_ttl must be positive".to_string());
+        }
+        for hook in &self.notify.webhooks {
+            if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
+                problems.push(format!(
+                    "notify.webhooks: url must be http:// or https:// (got {:?})",
+                    hook.url
+                ));
+            }
         }
         if self.access.max_grant.is_zero() {
             problems.push("access.max_grant must be positive".to_string());

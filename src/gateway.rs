@@ -9,12 +9,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access::Access;
+use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::credentials::SshCertificateAuthority;
 use crate::keys::{self, KeyPaths};
-use crate::policy::PolicyEngine;
+use crate::notify::Webhook;
+use crate::policy::{PolicyEngine, SharedPolicy};
 use crate::proxy::ssh::{SshFront, SshUpstream};
 use crate::session::{self, EndReason, Pipeline, Registry};
 use crate::store::{SqliteStore, Store};
@@ -77,8 +78,16 @@ pub fn init(config: &Config) -> Result<keys::GatewayKeys, GatewayError> {
 pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let keys = init(&config)?;
     let store: Arc<dyn Store> = open_store(&config)?;
-    let policy = Arc::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
-    let access = Arc::new(Access::new(store.clone(), policy, config.access.max_grant));
+    let policy = SharedPolicy::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
+    let access = Arc::new(Access::new(
+        store.clone(),
+        policy.clone(),
+        AccessLimits {
+            max_grant: config.access.max_grant,
+            request_ttl: config.access.request_ttl,
+        },
+        event_sinks(&config)?,
+    ));
     let registry = Registry::default();
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
@@ -100,7 +109,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         api::server_tls_config(&keys.tls_cert_pem, keys.tls_key_pem.expose()).map_err(setup)?;
     let router = api::router(Arc::new(ApiState {
         store: store.clone(),
-        access,
+        access: access.clone(),
         registry: registry.clone(),
         token_ttl: config.access.login_token_ttl,
     }));
@@ -118,11 +127,19 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let enforcer = tokio::spawn(session::enforce(
-        store.clone(),
-        registry.clone(),
-        config.access.enforce_interval,
-    ));
+    let background = [
+        tokio::spawn(session::enforce(
+            store.clone(),
+            registry.clone(),
+            config.access.enforce_interval,
+        )),
+        tokio::spawn(expire_loop(access.clone())),
+        tokio::spawn(crate::policy::watch(
+            config.policies_dir.clone(),
+            policy,
+            config.access.policy_reload_interval,
+        )),
+    ];
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));
     let api_task = tokio::spawn(api::serve_tls(api_listener, tls, router, stop_rx));
 
@@ -131,9 +148,31 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let _ = stop_tx.send(true);
     registry.end_where(|_| true, EndReason::Shutdown);
     drain(&registry).await;
-    enforcer.abort();
+    background.iter().for_each(|task| task.abort());
     let _ = tokio::join!(ssh_task, api_task);
     Ok(())
+}
+
+/// Where access events go: the gateway log and every configured webhook.
+fn event_sinks(config: &Config) -> Result<Arc<dyn EventSink>, GatewayError> {
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(LogSink)];
+    for hook in &config.notify.webhooks {
+        sinks.push(Arc::new(Webhook::start(hook.clone()).map_err(setup)?));
+    }
+    Ok(Arc::new(Fanout(sinks)))
+}
+
+/// Expires undecided requests and ended grants once a second, so their states
+/// (and the notifications) follow the clock. Access checks never rely on this:
+/// they compare the grant window with the time themselves.
+async fn expire_loop(access: Arc<Access>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = access.expire(crate::time::now()).await {
+            tracing::warn!(error = %e, "expiring requests failed");
+        }
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod identity;
 pub mod keys;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod recording;

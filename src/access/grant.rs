@@ -12,6 +12,7 @@ use crate::time::{self, UnixTime};
 pub struct Grant {
     id: RequestId,
     ends_at: UnixTime,
+    break_glass: bool,
 }
 
 impl Grant {
@@ -19,7 +20,12 @@ impl Grant {
         Grant {
             id: row.id,
             ends_at: row.grant_end.unwrap_or(0),
+            break_glass: row.break_glass,
         }
+    }
+    /// Self-activated in an emergency; every record of its sessions says so.
+    pub fn break_glass(&self) -> bool {
+        self.break_glass
     }
     pub fn id(&self) -> RequestId {
         self.id
@@ -98,12 +104,26 @@ impl Denial {
     ) -> Denial {
         let who = format!("{login}@{}", target.name);
         let request_cmd = super::request_hint(&target.name, login);
+        let by = |r: &AccessRequestRow| {
+            r.decided_by
+                .as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default()
+        };
+        let because = |r: &AccessRequestRow| {
+            r.comment
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        };
         let reason = match requests.first() {
             Some(r) if r.state == RequestState::Pending => {
                 return Denial {
                     reason: format!(
-                        "access to {who} denied: request {} is pending approval",
-                        r.id
+                        "access to {who} denied: request {} is pending approval ({}/{} approvals)",
+                        r.id,
+                        r.approved_by.len(),
+                        r.approvals_required
                     ),
                     hint: format!("ask an approver to run: drawbridge approve {}", r.id),
                 };
@@ -113,32 +133,64 @@ impl Denial {
                 decision.policy_ids.join(", "),
                 r.id
             ),
-            Some(r) if r.state == RequestState::Approved => format!(
-                "access to {who} denied: grant {} expired at {}",
-                r.id,
-                time::format(r.grant_end.unwrap_or(0))
-            ),
-            Some(r) if r.state == RequestState::Revoked => format!(
-                "access to {who} denied: grant {} was revoked{}",
-                r.id,
-                r.decided_by
-                    .as_deref()
-                    .map(|b| format!(" by {b}"))
-                    .unwrap_or_default()
-            ),
-            Some(r) if r.state == RequestState::Denied => format!(
-                "access to {who} denied: request {} was denied{}",
-                r.id,
-                r.comment
-                    .as_deref()
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default()
-            ),
+            Some(r)
+                if r.grant_end.is_some()
+                    && matches!(r.state, RequestState::Approved | RequestState::Expired) =>
+            {
+                format!(
+                    "access to {who} denied: grant {} expired at {}",
+                    r.id,
+                    time::format(r.grant_end.unwrap_or(0))
+                )
+            }
+            Some(r) if r.state == RequestState::Revoked => {
+                format!(
+                    "access to {who} denied: grant {} was revoked{}{}",
+                    r.id,
+                    by(r),
+                    because(r)
+                )
+            }
+            Some(r) if r.state == RequestState::Released => {
+                format!("access to {who} denied: grant {} was released", r.id)
+            }
+            Some(r) if r.state == RequestState::Denied => {
+                format!(
+                    "access to {who} denied: request {} was denied{}{}",
+                    r.id,
+                    by(r),
+                    because(r)
+                )
+            }
+            Some(r) if r.state == RequestState::Expired => {
+                format!(
+                    "access to {who} denied: request {} expired before anyone decided",
+                    r.id
+                )
+            }
             _ => format!("access to {who} denied: no active grant"),
         };
         Denial {
             reason,
             hint: format!("request access with: {request_cmd}"),
+        }
+    }
+}
+
+impl Denial {
+    pub(super) fn sessions_used_up(grant: &AccessRequestRow, used: u32) -> Denial {
+        Denial {
+            reason: format!(
+                "access to {}@{} denied: grant {} allows {} session(s) and {used} were opened",
+                grant.login,
+                grant.target,
+                grant.id,
+                grant.max_sessions.unwrap_or(0)
+            ),
+            hint: format!(
+                "request a new grant with: {}",
+                super::request_hint(&grant.target, &grant.login)
+            ),
         }
     }
 }

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::access::{Access, AccessError};
+use crate::access::{Access, AccessError, NewAccess};
 use crate::identity::{self, Identity, IdentityError};
 use crate::secret::Secret;
 use crate::session::{EndReason, Registry};
@@ -42,9 +42,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/login", post(login))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/requests", post(create_request).get(list_requests))
+        .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/requests/{id}/approve", post(approve))
         .route("/api/v1/requests/{id}/deny", post(deny))
+        .route("/api/v1/requests/{id}/cancel", post(cancel))
+        .route("/api/v1/grants", get(list_grants))
         .route("/api/v1/grants/{id}/revoke", post(revoke))
+        .route("/api/v1/grants/{id}/release", post(release))
+        .route("/api/v1/break-glass", post(break_glass))
         .route("/api/v1/sessions", get(sessions))
         .with_state(state)
 }
@@ -150,42 +155,52 @@ async fn whoami(Caller(who): Caller) -> Json<WhoAmI> {
     })
 }
 
+fn new_access(body: &NewAccessRequest) -> Result<NewAccess<'_>, ApiError> {
+    Ok(NewAccess {
+        target: &body.target,
+        login: &body.login,
+        duration: time::parse_duration(&body.duration)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?,
+        reason: &body.reason,
+        ticket: body.ticket.as_deref().filter(|t| !t.is_empty()),
+    })
+}
+
 async fn create_request(
     State(s): Shared,
     Caller(who): Caller,
     Json(body): Json<NewAccessRequest>,
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
-    let duration =
-        time::parse_duration(&body.duration).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let row = s
         .access
-        .request(
-            &who,
-            &body.target,
-            &body.login,
-            duration,
-            &body.reason,
-            time::now(),
-        )
+        .request(&who, new_access(&body)?, time::now())
         .await?;
-    tracing::info!(
-        request = row.id,
-        user = who.name(),
-        target = row.target,
-        login = row.login,
-        "access requested"
-    );
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+async fn break_glass(
+    State(s): Shared,
+    Caller(who): Caller,
+    Json(body): Json<NewAccessRequest>,
+) -> Result<(StatusCode, Json<RequestView>), ApiError> {
+    let row = s
+        .access
+        .break_glass(&who, new_access(&body)?, time::now())
+        .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 #[derive(Deserialize)]
 struct ListFilter {
     state: Option<String>,
+    /// Only the caller's own requests.
+    #[serde(default)]
+    mine: bool,
 }
 
 async fn list_requests(
     State(s): Shared,
-    Caller(_): Caller,
+    Caller(who): Caller,
     Query(filter): Query<ListFilter>,
 ) -> Result<Json<Vec<RequestView>>, ApiError> {
     let state =
@@ -196,7 +211,42 @@ async fn list_requests(
             })?),
         };
     let rows = s.store.list_requests(state).await?;
-    Ok(Json(rows.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| !filter.mine || r.user_id == who.user().id)
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+async fn get_request(
+    State(s): Shared,
+    Caller(_): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<RequestView>, ApiError> {
+    let row = s
+        .store
+        .request(id)
+        .await?
+        .ok_or(AccessError::NotFound(id))?;
+    Ok(Json(row.into()))
+}
+
+/// Active grants: approved and inside their window.
+async fn list_grants(
+    State(s): Shared,
+    Caller(who): Caller,
+    Query(filter): Query<ListFilter>,
+) -> Result<Json<Vec<RequestView>>, ApiError> {
+    let now = time::now();
+    let rows = s.store.list_requests(Some(RequestState::Approved)).await?;
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| r.grant_end.is_some_and(|end| end > now))
+            .filter(|r| !filter.mine || r.user_id == who.user().id)
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 async fn approve(
@@ -205,11 +255,10 @@ async fn approve(
     Path(id): Path<i64>,
     Json(body): Json<Comment>,
 ) -> Result<Json<RequestView>, ApiError> {
-    let row = s
+    let (row, _) = s
         .access
         .approve(&who, id, body.comment.as_deref(), time::now())
         .await?;
-    tracing::info!(request = id, approver = who.name(), "request approved");
     Ok(Json(row.into()))
 }
 
@@ -219,8 +268,17 @@ async fn deny(
     Path(id): Path<i64>,
     Json(body): Json<Comment>,
 ) -> Result<Json<RequestView>, ApiError> {
-    let row = s.access.deny(&who, id, body.comment.as_deref()).await?;
-    tracing::info!(request = id, approver = who.name(), "request denied");
+    let comment = body.comment.unwrap_or_default();
+    let row = s.access.deny(&who, id, &comment, time::now()).await?;
+    Ok(Json(row.into()))
+}
+
+async fn cancel(
+    State(s): Shared,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<RequestView>, ApiError> {
+    let row = s.access.cancel(&who, id, time::now()).await?;
     Ok(Json(row.into()))
 }
 
@@ -243,6 +301,19 @@ async fn revoke(
         sessions_ended = ended,
         "grant revoked"
     );
+    Ok(Json(row.into()))
+}
+
+async fn release(
+    State(s): Shared,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<RequestView>, ApiError> {
+    let row = s.access.release(&who, id, time::now()).await?;
+    let ended = s
+        .registry
+        .end_where(|i| i.grant_id == Some(id), EndReason::GrantReleased(id));
+    tracing::info!(grant = id, sessions_ended = ended, "grant released");
     Ok(Json(row.into()))
 }
 

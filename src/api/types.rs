@@ -34,6 +34,8 @@ pub struct NewAccessRequest {
     /// e.g. "30m", "1h"
     pub duration: String,
     pub reason: String,
+    #[serde(default)]
+    pub ticket: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -50,8 +52,14 @@ pub struct RequestView {
     pub login: String,
     pub duration_secs: i64,
     pub reason: String,
+    pub ticket: Option<String>,
     pub state: String,
     pub created_at: i64,
+    pub expires_at: i64,
+    pub approvals_required: u32,
+    pub approved_by: Vec<String>,
+    pub max_sessions: Option<u32>,
+    pub break_glass: bool,
     pub grant_start: Option<i64>,
     pub grant_end: Option<i64>,
     pub decided_by: Option<String>,
@@ -67,8 +75,14 @@ impl From<AccessRequestRow> for RequestView {
             login: r.login,
             duration_secs: r.duration_secs,
             reason: r.reason,
+            ticket: r.ticket,
             state: r.state.as_str().to_string(),
             created_at: r.created_at,
+            expires_at: r.expires_at,
+            approvals_required: r.approvals_required,
+            approved_by: r.approved_by,
+            max_sessions: r.max_sessions,
+            break_glass: r.break_glass,
             grant_start: r.grant_start,
             grant_end: r.grant_end,
             decided_by: r.decided_by,

@@ -41,13 +41,45 @@ pub struct RequestArgs {
     duration: String,
     #[arg(long)]
     reason: String,
+    /// A ticket reference, e.g. INC-4521.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Block until the request is decided; exit 0 only when approved.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
+pub struct BreakGlassArgs {
+    target: String,
+    #[arg(long)]
+    login: String,
+    #[arg(long = "for", default_value = "30m")]
+    duration: String,
+    #[arg(long)]
+    reason: String,
 }
 
 #[derive(Args)]
 pub struct RequestsArgs {
     /// Only pending requests.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pending: bool,
+    /// Only your own requests.
+    #[arg(long)]
+    mine: bool,
+    /// Every request in every state (the default shows pending and approved).
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct GrantsArgs {
+    /// Only your own grants.
+    #[arg(long)]
+    mine: bool,
     #[arg(long)]
     json: bool,
 }
@@ -57,6 +89,11 @@ pub struct DecisionArgs {
     id: i64,
     #[arg(long)]
     comment: Option<String>,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    id: i64,
 }
 
 #[derive(Args)]
@@ -149,38 +186,107 @@ fn print_request(r: &RequestView) {
 
 pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_saved_login()?;
+    let body = NewAccessRequest {
+        target: args.target,
+        login: args.login,
+        duration: args.duration,
+        reason: args.reason,
+        ticket: args.ticket,
+    };
     let r: RequestView = client
-        .call(
-            Method::POST,
-            "/api/v1/requests",
-            Some(&NewAccessRequest {
-                target: args.target,
-                login: args.login,
-                duration: args.duration,
-                reason: args.reason,
-            }),
-        )
+        .call(Method::POST, "/api/v1/requests", Some(&body))
         .await?;
     println!(
-        "request {} created ({}@{} for {}s); an approver runs: drawbridge approve {}",
-        r.id, r.login, r.target, r.duration_secs, r.id
+        "request {} created ({}@{} for {}s, {} approval(s) needed); an approver runs: drawbridge approve {}",
+        r.id, r.login, r.target, r.duration_secs, r.approvals_required, r.id
+    );
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "waiting for a decision (until {})…",
+        time::format(r.expires_at)
+    );
+    let decided = wait_for_decision(&client, r.id).await?;
+    print_request(&decided);
+    Ok(if decided.state == "approved" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Polls the request until it leaves the pending state (it expires at the
+/// latest when its TTL passes, so this ends).
+async fn wait_for_decision(client: &ApiClient, id: i64) -> anyhow::Result<RequestView> {
+    let path = format!("/api/v1/requests/{id}");
+    loop {
+        let r: RequestView = client.call(Method::GET, &path, None::<&()>).await?;
+        if r.state != "pending" {
+            return Ok(r);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let body = NewAccessRequest {
+        target: args.target,
+        login: args.login,
+        duration: args.duration,
+        reason: args.reason,
+        ticket: None,
+    };
+    let r: RequestView = client
+        .call(Method::POST, "/api/v1/break-glass", Some(&body))
+        .await?;
+    println!(
+        "BREAK-GLASS grant {} active for {}@{} until {}; approvers have been notified",
+        r.id,
+        r.login,
+        r.target,
+        time::format(r.grant_end.unwrap_or(0))
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn requests(args: RequestsArgs) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::from_saved_login()?;
-    let path = if args.pending {
-        "/api/v1/requests?state=pending"
-    } else {
-        "/api/v1/requests"
-    };
-    let list: Vec<RequestView> = client.call(Method::GET, path, None::<&()>).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+fn print_list(list: &[RequestView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
     } else {
         list.iter().for_each(print_request);
     }
+    Ok(())
+}
+
+pub async fn requests(args: RequestsArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let mut path = "/api/v1/requests?".to_string();
+    if args.pending {
+        path.push_str("state=pending&");
+    }
+    if args.mine {
+        path.push_str("mine=true");
+    }
+    let list: Vec<RequestView> = client.call(Method::GET, &path, None::<&()>).await?;
+    let list: Vec<RequestView> = list
+        .into_iter()
+        .filter(|r| args.all || args.pending || matches!(r.state.as_str(), "pending" | "approved"))
+        .collect();
+    print_list(&list, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grants(args: GrantsArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let path = if args.mine {
+        "/api/v1/grants?mine=true"
+    } else {
+        "/api/v1/grants"
+    };
+    let list: Vec<RequestView> = client.call(Method::GET, path, None::<&()>).await?;
+    print_list(&list, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -201,6 +307,30 @@ pub async fn decide(args: DecisionArgs, action: &str) -> anyhow::Result<ExitCode
                 comment: args.comment,
             }),
         )
+        .await?;
+    if action == "approve" && r.state == "pending" {
+        println!(
+            "approval counted for request {}: {}/{} approvals ({})",
+            r.id,
+            r.approved_by.len(),
+            r.approvals_required,
+            r.approved_by.join(", ")
+        );
+    } else {
+        print_request(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cancel` (own pending request) and `release` (own grant).
+pub async fn own(args: IdArgs, action: &str) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let path = match action {
+        "release" => format!("/api/v1/grants/{}/release", args.id),
+        _ => format!("/api/v1/requests/{}/{action}", args.id),
+    };
+    let r: RequestView = client
+        .call(Method::POST, &path, Some(&Comment::default()))
         .await?;
     print_request(&r);
     Ok(ExitCode::SUCCESS)

@@ -96,13 +96,17 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<ExitC
             }
         }
         UserCommand::Disable { name } => {
-            store.set_user_disabled(&name, true).await?;
+            store
+                .set_user_disabled(&name, true, crate::time::now())
+                .await?;
             println!(
                 "user {name} disabled; their tokens are revoked and live sessions end within a second"
             );
         }
         UserCommand::Enable { name } => {
-            store.set_user_disabled(&name, false).await?;
+            store
+                .set_user_disabled(&name, false, crate::time::now())
+                .await?;
             println!("user {name} enabled");
         }
     }

@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod audit;
 mod client;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,12 +46,23 @@ enum Command {
     Request(access::RequestArgs),
     /// List access requests and grants.
     Requests(access::RequestsArgs),
-    /// Approve someone else's request.
+    /// Approve someone else's request (counts once per approver).
     Approve(access::DecisionArgs),
     /// Deny someone else's request (a comment is required).
     Deny(access::DecisionArgs),
-    /// End a grant now; its live sessions are closed.
+    /// Withdraw your own pending request.
+    Cancel(access::IdArgs),
+    /// End someone's grant now; its live sessions are closed.
     Revoke(access::DecisionArgs),
+    /// End your own grant now ("I'm done"); its live sessions are closed.
+    Release(access::IdArgs),
+    /// List active grants.
+    Grants(access::GrantsArgs),
+    /// Open an emergency grant without approval (break-glass group only).
+    BreakGlass(access::BreakGlassArgs),
+    /// Check and explain policies (on the gateway host).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// List sessions.
     Sessions(access::SessionsArgs),
     /// Play a recorded session back in the terminal.
@@ -102,7 +114,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Requests(a) => access::requests(a).await,
             Command::Approve(a) => access::decide(a, "approve").await,
             Command::Deny(a) => access::decide(a, "deny").await,
+            Command::Cancel(a) => access::own(a, "cancel").await,
             Command::Revoke(a) => access::decide(a, "revoke").await,
+            Command::Release(a) => access::own(a, "release").await,
+            Command::Grants(a) => access::grants(a).await,
+            Command::BreakGlass(a) => access::break_glass(a).await,
+            Command::Policy(c) => policy::run(&config()?, c).await,
             Command::Sessions(a) => access::sessions(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),

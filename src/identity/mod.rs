@@ -215,7 +215,7 @@ mod tests {
         assert!(by_token(&store, &value, now + 59).await.is_ok());
         assert!(by_token(&store, &value, now + 60).await.is_err());
         store
-            .set_user_disabled("alice", true)
+            .set_user_disabled("alice", true, now)
             .await
             .expect("disable");
         assert!(by_token(&store, &value, now + 1).await.is_err());

@@ -87,6 +87,7 @@ fn context(q: &Query<'_>) -> Result<Context, String> {
                 RestrictedExpression::new_bool(q.grant_active),
             ),
         ],
+        Action::BreakGlass => vec![login],
         Action::Approve => {
             let requester = q
                 .requester

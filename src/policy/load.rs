@@ -126,6 +126,20 @@ pub(super) fn compile(
         tracing::warn!(%problem, "policy validation warning");
     }
     problems.extend(result.validation_errors().map(|e| locate(e.policy_id(), e)));
+    for policy in set.policies() {
+        if let Err(message) = super::requirements::from_policy(policy) {
+            let (path, line) = match origins.get(AsRef::<str>::as_ref(policy.id())) {
+                Some(&(index, line)) => (policies[index].path.clone(), Some(line)),
+                None => (PathBuf::from("<unknown>"), None),
+            };
+            problems.push(Problem {
+                file: path,
+                line,
+                column: None,
+                message: format!("policy `{}`: {message}", policy.id()),
+            });
+        }
+    }
 
     if !problems.is_empty() {
         return Err(problems);

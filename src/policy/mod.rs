@@ -20,8 +20,13 @@
 
 mod entities;
 mod load;
+mod requirements;
+mod shared;
 #[cfg(test)]
 mod tests;
+
+pub use requirements::Requirements;
+pub use shared::{SharedPolicy, watch};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,7 +65,7 @@ struct Loaded {
     origin: String,
 }
 
-/// The three things a policy decides.
+/// The things a policy decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Open a session to the target as a given login/role.
@@ -69,6 +74,8 @@ pub enum Action {
     Request,
     /// Approve somebody else's request.
     Approve,
+    /// Open an emergency grant for oneself without approval.
+    BreakGlass,
 }
 
 impl Action {
@@ -78,6 +85,7 @@ impl Action {
             Action::Connect => "connect",
             Action::Request => "request",
             Action::Approve => "approve",
+            Action::BreakGlass => "break_glass",
         }
     }
 }
@@ -124,6 +132,9 @@ pub struct Decision {
     pub policy_ids: Vec<String>,
     /// Evaluation problems. Any entry here forces `allowed == false`.
     pub errors: Vec<String>,
+    /// What the permitting policies ask for (approvals, longest grant, …);
+    /// meaningful only when `allowed`.
+    pub requirements: Requirements,
 }
 
 impl Decision {
@@ -132,6 +143,7 @@ impl Decision {
             allowed: false,
             policy_ids: Vec::new(),
             errors: vec![error],
+            requirements: Requirements::default(),
         }
     }
 }
@@ -224,10 +236,20 @@ impl PolicyEngine {
             Vec::new()
         };
         policy_ids.sort();
+        let requirements = if allowed {
+            Requirements::of(
+                diagnostics
+                    .reason()
+                    .filter_map(|id| loaded.policies.policy(id)),
+            )
+        } else {
+            Requirements::default()
+        };
         Decision {
             allowed,
             policy_ids,
             errors,
+            requirements,
         }
     }
 }

@@ -55,9 +55,11 @@ fn builtin_policies_parse_and_validate() {
         [
             "anyone-may-request",
             "approvers-may-approve",
+            "break-glass-group",
             "connect-with-active-grant",
             "forbid-prod-connect-without-grant",
             "forbid-self-approval",
+            "prod-root-needs-two-approvers",
         ]
     );
 }
@@ -240,7 +242,7 @@ fn dir_with_policies_and_builtin_schema_loads() {
     assert_ne!(text, DEFAULT_POLICIES, "the standing-access example moved");
     fs::write(tmp.path().join("default.cedar"), text).expect("write");
     let engine = PolicyEngine::load(tmp.path()).expect("load");
-    assert_eq!(engine.policy_ids().len(), 6);
+    assert_eq!(engine.policy_ids().len(), 8);
 
     let staging = labels(&[("env", "staging")]);
     let d = ask(
@@ -340,4 +342,54 @@ fn broken_schema_is_reported() {
     let err = PolicyEngine::load(tmp.path()).expect_err("must fail");
     let text = err.to_string();
     assert!(text.contains("s.cedarschema"), "{text}");
+}
+
+#[test]
+fn requirements_come_from_annotations_and_the_strictest_wins() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        tmp.path().join("p.cedar"),
+        r#"@id("loose") @approvals("1") @max_duration("8h")
+           permit (principal, action == Action::"request", resource);
+           @id("strict") @approvals("3") @max_duration("30m") @max_sessions("1")
+           permit (principal, action == Action::"request", resource)
+           when { resource.hasTag("env") && resource.getTag("env") == "prod" };
+           @id("mfa") @mfa("required")
+           permit (principal, action == Action::"connect", resource) when { context.grant_active };"#,
+    )
+    .expect("write");
+    let engine = PolicyEngine::load(tmp.path()).expect("load");
+    let prod = labels(&[("env", "prod")]);
+    let dev = labels(&[("env", "dev")]);
+    let strict = ask(&engine, "alice", &[], Action::Request, &prod, false, None);
+    assert_eq!(strict.requirements.approvals, 3);
+    assert_eq!(
+        strict.requirements.max_duration,
+        Some(std::time::Duration::from_secs(1800))
+    );
+    assert_eq!(strict.requirements.max_sessions, Some(1));
+    let loose = ask(&engine, "alice", &[], Action::Request, &dev, false, None);
+    assert_eq!(loose.requirements.approvals, 1);
+    assert_eq!(loose.requirements.max_sessions, None);
+    assert!(
+        ask(&engine, "alice", &[], Action::Connect, &dev, true, None)
+            .requirements
+            .mfa
+    );
+}
+
+#[test]
+fn bad_requirement_annotations_are_load_errors_with_a_location() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        tmp.path().join("p.cedar"),
+        "@id(\"ok\")\npermit (principal, action == Action::\"request\", resource);\n\n@id(\"bad\") @approvals(\"two\")\npermit (principal, action == Action::\"request\", resource);\n",
+    )
+    .expect("write");
+    let err = PolicyEngine::load(tmp.path()).expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("p.cedar:4") && text.contains("@approvals(\"two\")"),
+        "{text}"
+    );
 }

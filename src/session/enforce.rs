@@ -50,6 +50,9 @@ async fn still_allowed(store: &dyn Store, info: &super::LiveInfo) -> Option<EndR
         Ok(Some(r)) if r.state == crate::store::RequestState::Revoked => {
             Some(EndReason::GrantRevoked(grant))
         }
+        Ok(Some(r)) if r.state == crate::store::RequestState::Released => {
+            Some(EndReason::GrantReleased(grant))
+        }
         Ok(Some(r)) if r.grant_end.is_some_and(|end| end <= time::now()) => {
             Some(EndReason::GrantExpired(grant))
         }

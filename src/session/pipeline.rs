@@ -147,7 +147,11 @@ impl Pipeline {
             grant_id: auth.grant().map(|g| g.id()),
             started_at_unix_ms: time::now_ms(),
         };
-        let recorder = Recorder::create(&self.recordings_dir, &meta, self.recording_key.clone())?;
+        let mut recorder =
+            Recorder::create(&self.recordings_dir, &meta, self.recording_key.clone())?;
+        if let Some(grant) = auth.grant().filter(|g| g.break_glass()) {
+            recorder.note(&format!("BREAK-GLASS grant {}", grant.id()))?;
+        }
         self.store
             .insert_session(&SessionRow {
                 id: id.to_string(),

@@ -17,6 +17,7 @@ use crate::time::UnixTime;
 pub enum EndReason {
     GrantExpired(RequestId),
     GrantRevoked(RequestId),
+    GrantReleased(RequestId),
     UserDisabled,
     Killed(String),
     Shutdown,
@@ -28,6 +29,7 @@ impl fmt::Display for EndReason {
         match self {
             EndReason::GrantExpired(id) => write!(f, "grant {id} expired"),
             EndReason::GrantRevoked(id) => write!(f, "grant {id} was revoked"),
+            EndReason::GrantReleased(id) => write!(f, "grant {id} was released"),
             EndReason::UserDisabled => write!(f, "your account was disabled"),
             EndReason::Killed(by) => write!(f, "session terminated by {by}"),
             EndReason::Shutdown => write!(f, "the gateway is shutting down"),

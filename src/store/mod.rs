@@ -37,7 +37,9 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
     async fn user_by_key_fingerprint(&self, fingerprint: &str) -> Result<Option<User>>;
     async fn list_users(&self) -> Result<Vec<User>>;
-    async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<()>;
+    /// Disabling also deletes the user's tokens, cancels their pending requests
+    /// and revokes their grants, in one transaction.
+    async fn set_user_disabled(&self, name: &str, disabled: bool, now: UnixTime) -> Result<()>;
     /// Records that `step` of the user's TOTP was used; false when it (or a later
     /// step) was used already, which is how a replayed code is refused.
     async fn use_totp_step(&self, user: UserId, step: i64) -> Result<bool>;
@@ -62,22 +64,31 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
         login: &str,
     ) -> Result<Vec<AccessRequestRow>>;
-    /// Applies a decision only if the request is still pending (`Stale` otherwise).
-    async fn decide_request(
+    /// Counts one approval by `approver` (once per person) and, when the
+    /// threshold is reached, starts the grant at `now`. Atomic: of concurrent
+    /// approvals each counts once and exactly one starts the grant. `Stale` when
+    /// the request is no longer pending or has expired.
+    async fn approve_request(
         &self,
         id: RequestId,
-        decided_by: &str,
+        approver: &str,
         comment: Option<&str>,
-        decision: RequestDecision,
-    ) -> Result<AccessRequestRow>;
-    /// Ends an approved grant now (`Stale` if it is not approved).
-    async fn revoke_grant(
+        now: UnixTime,
+    ) -> Result<(AccessRequestRow, ApprovalOutcome)>;
+    /// Moves a request from `ending.from_state()` to `ending.to_state()`
+    /// (`Stale` otherwise); revoke and release also cut the grant window to now.
+    async fn end_request(
         &self,
         id: RequestId,
+        ending: Ending,
         by: &str,
         comment: Option<&str>,
         now: UnixTime,
     ) -> Result<AccessRequestRow>;
+    /// Marks pending requests whose TTL passed as expired; returns them.
+    async fn expire_requests(&self, now: UnixTime) -> Result<Vec<AccessRequestRow>>;
+    /// Sessions opened so far under a grant.
+    async fn count_sessions(&self, grant: RequestId) -> Result<u32>;
 
     // Sessions.
     async fn insert_session(&self, session: &SessionRow) -> Result<()>;

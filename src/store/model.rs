@@ -56,30 +56,46 @@ pub struct Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestState {
+    /// Waiting for approvals.
     Pending,
+    /// Enough approvals: this request is a grant, usable inside its window.
     Approved,
     Denied,
+    /// Withdrawn by the requester before a decision.
+    Cancelled,
+    /// Nobody decided within the request TTL.
+    Expired,
+    /// Ended early by an approver or admin.
     Revoked,
+    /// Ended early by its owner ("I'm done").
+    Released,
 }
 
 impl RequestState {
+    pub const ALL: [RequestState; 7] = [
+        RequestState::Pending,
+        RequestState::Approved,
+        RequestState::Denied,
+        RequestState::Cancelled,
+        RequestState::Expired,
+        RequestState::Revoked,
+        RequestState::Released,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RequestState::Pending => "pending",
             RequestState::Approved => "approved",
             RequestState::Denied => "denied",
+            RequestState::Cancelled => "cancelled",
+            RequestState::Expired => "expired",
             RequestState::Revoked => "revoked",
+            RequestState::Released => "released",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => RequestState::Pending,
-            "approved" => RequestState::Approved,
-            "denied" => RequestState::Denied,
-            "revoked" => RequestState::Revoked,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 
@@ -94,11 +110,21 @@ pub struct AccessRequestRow {
     pub login: String,
     pub duration_secs: i64,
     pub reason: String,
+    pub ticket: Option<String>,
     pub state: RequestState,
     pub created_at: UnixTime,
+    /// A pending request left undecided until then expires.
+    pub expires_at: UnixTime,
+    pub approvals_required: u32,
+    /// Who approved so far, in order.
+    pub approved_by: Vec<String>,
+    /// Sessions this grant may open; `None` is unlimited.
+    pub max_sessions: Option<u32>,
+    /// Self-activated without approval; marked in every record.
+    pub break_glass: bool,
     pub grant_start: Option<UnixTime>,
     pub grant_end: Option<UnixTime>,
-    /// Who approved, denied or revoked, and their comment.
+    /// Who denied, cancelled, revoked or released, and their comment.
     pub decided_by: Option<String>,
     pub comment: Option<String>,
 }
@@ -109,13 +135,54 @@ pub struct NewRequest {
     pub login: String,
     pub duration_secs: i64,
     pub reason: String,
+    pub ticket: Option<String>,
+    pub approvals_required: u32,
+    pub max_sessions: Option<u32>,
     pub now: UnixTime,
+    pub expires_at: UnixTime,
+    /// Break-glass requests are approved on creation, by their owner.
+    pub break_glass: bool,
 }
 
-/// The outcome of a decision on a pending request, applied atomically.
-pub enum RequestDecision {
-    Approve { grant_start: UnixTime },
+/// How a request or grant ended early, applied only from the right state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// pending → denied
     Deny,
+    /// pending → cancelled
+    Cancel,
+    /// approved → revoked (grant window cut to now)
+    Revoke,
+    /// approved → released (grant window cut to now)
+    Release,
+}
+
+impl Ending {
+    pub fn from_state(self) -> RequestState {
+        match self {
+            Ending::Deny | Ending::Cancel => RequestState::Pending,
+            Ending::Revoke | Ending::Release => RequestState::Approved,
+        }
+    }
+    pub fn to_state(self) -> RequestState {
+        match self {
+            Ending::Deny => RequestState::Denied,
+            Ending::Cancel => RequestState::Cancelled,
+            Ending::Revoke => RequestState::Revoked,
+            Ending::Release => RequestState::Released,
+        }
+    }
+}
+
+/// What one approval did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalOutcome {
+    /// Counted; more approvals are needed.
+    Counted { have: u32, need: u32 },
+    /// This approval reached the threshold: the grant starts now.
+    Granted,
+    /// This approver had approved already; nothing changed.
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Serialize)]

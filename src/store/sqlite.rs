@@ -50,14 +50,27 @@ CREATE TABLE IF NOT EXISTS requests (
     login TEXT NOT NULL,
     duration_secs INTEGER NOT NULL,
     reason TEXT NOT NULL,
+    ticket TEXT,
     state TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    approvals_required INTEGER NOT NULL,
+    max_sessions INTEGER,
+    break_glass INTEGER NOT NULL DEFAULT 0,
     grant_start INTEGER,
     grant_end INTEGER,
     decided_by TEXT,
     comment TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_user ON requests(user_id, target, login);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests(state);
+CREATE TABLE IF NOT EXISTS approvals (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    approver TEXT NOT NULL,
+    comment TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver)
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -70,6 +83,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     end_reason TEXT,
     recording TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS sessions_by_grant ON sessions(grant_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0);
 "#;
@@ -94,7 +108,10 @@ fn conflict_or_db(e: rusqlite::Error, what: impl Into<String>) -> StoreError {
 }
 
 const REQUEST_COLUMNS: &str = "r.id, r.user_id, u.name, r.target, r.login, r.duration_secs, r.reason, \
-     r.state, r.created_at, r.grant_start, r.grant_end, r.decided_by, r.comment";
+     r.state, r.created_at, r.grant_start, r.grant_end, r.decided_by, r.comment, r.ticket, \
+     r.expires_at, r.approvals_required, r.max_sessions, r.break_glass, \
+     (SELECT group_concat(approver, ',') FROM (SELECT approver FROM approvals a \
+       WHERE a.request_id = r.id ORDER BY a.at, a.approver))";
 
 fn request_from_row(row: &Row<'_>) -> rusqlite::Result<AccessRequestRow> {
     let state: String = row.get(7)?;
@@ -106,12 +123,22 @@ fn request_from_row(row: &Row<'_>) -> rusqlite::Result<AccessRequestRow> {
         login: row.get(4)?,
         duration_secs: row.get(5)?,
         reason: row.get(6)?,
+        // An unknown state (a newer gateway wrote it) reads as denied: fail closed.
         state: RequestState::parse(&state).unwrap_or(RequestState::Denied),
         created_at: row.get(8)?,
         grant_start: row.get(9)?,
         grant_end: row.get(10)?,
         decided_by: row.get(11)?,
         comment: row.get(12)?,
+        ticket: row.get(13)?,
+        expires_at: row.get(14)?,
+        approvals_required: row.get(15)?,
+        max_sessions: row.get(16)?,
+        break_glass: row.get(17)?,
+        approved_by: row
+            .get::<_, Option<String>>(18)?
+            .map(|list| list.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -309,9 +336,10 @@ impl Store for SqliteStore {
         Ok(users)
     }
 
-    async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        let conn = self.lock();
-        let n = conn
+    async fn set_user_disabled(&self, name: &str, disabled: bool, now: UnixTime) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
             .execute(
                 "UPDATE users SET disabled = ?1 WHERE name = ?2",
                 params![disabled, name],
@@ -321,14 +349,34 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("user {name}")));
         }
         if disabled {
-            // Disabling ends every way back in at once: outstanding tokens go too.
-            conn.execute(
-                "DELETE FROM tokens WHERE user_id = (SELECT id FROM users WHERE name = ?1)",
+            // Disabling ends every way back in at once: tokens, pending requests
+            // and grants go with the account.
+            let user = "(SELECT id FROM users WHERE name = ?1)";
+            tx.execute(
+                &format!("DELETE FROM tokens WHERE user_id = {user}"),
                 [name],
             )
             .map_err(db)?;
+            tx.execute(
+                &format!(
+                    "UPDATE requests SET state = 'cancelled', decided_by = 'system', \
+                     comment = 'user disabled' WHERE user_id = {user} AND state = 'pending'"
+                ),
+                [name],
+            )
+            .map_err(db)?;
+            tx.execute(
+                &format!(
+                    "UPDATE requests SET state = 'revoked', grant_end = MIN(grant_end, ?2), \
+                     decided_by = 'system', comment = 'user disabled' \
+                     WHERE user_id = {user} AND state = 'approved'"
+                ),
+                params![name, now],
+            )
+            .map_err(db)?;
         }
-        Self::bump_revision(&conn)
+        Self::bump_revision(&tx)?;
+        tx.commit().map_err(db)
     }
 
     async fn use_totp_step(&self, user: UserId, step: i64) -> Result<bool> {
@@ -405,15 +453,40 @@ impl Store for SqliteStore {
     }
 
     async fn create_request(&self, r: NewRequest) -> Result<AccessRequestRow> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO requests (user_id, target, login, duration_secs, reason, state, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-            params![r.user_id, r.target, r.login, r.duration_secs, r.reason, r.now],
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "INSERT INTO requests (user_id, target, login, duration_secs, reason, ticket, state, \
+             created_at, expires_at, approvals_required, max_sessions, break_glass) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?10, ?11)",
+            params![
+                r.user_id,
+                r.target,
+                r.login,
+                r.duration_secs,
+                r.reason,
+                r.ticket,
+                r.now,
+                r.expires_at,
+                r.approvals_required,
+                r.max_sessions,
+                r.break_glass
+            ],
         )
         .map_err(db)?;
-        let id = conn.last_insert_rowid();
-        Self::request_by_id(&conn, id)?.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+        let id = tx.last_insert_rowid();
+        if r.break_glass {
+            tx.execute(
+                "UPDATE requests SET state = 'approved', grant_start = ?1, \
+                 grant_end = ?1 + duration_secs, decided_by = 'break-glass' WHERE id = ?2",
+                params![r.now, id],
+            )
+            .map_err(db)?;
+            Self::bump_revision(&tx)?;
+        }
+        let row = Self::request_by_id(&tx, id)?;
+        tx.commit().map_err(db)?;
+        row.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
     }
 
     async fn request(&self, id: RequestId) -> Result<Option<AccessRequestRow>> {
@@ -455,42 +528,66 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    async fn decide_request(
+    async fn approve_request(
         &self,
         id: RequestId,
-        decided_by: &str,
+        approver: &str,
         comment: Option<&str>,
-        decision: RequestDecision,
-    ) -> Result<AccessRequestRow> {
-        let conn = self.lock();
-        // The `state = 'pending'` guard makes the decision atomic: of two
-        // concurrent approvers exactly one changes the row.
-        let n = match decision {
-            RequestDecision::Approve { grant_start } => conn.execute(
+        now: UnixTime,
+    ) -> Result<(AccessRequestRow, ApprovalOutcome)> {
+        let mut conn = self.lock();
+        // One transaction under the connection lock: concurrent approvals are
+        // serialised, each counted once, and only one crosses the threshold.
+        let tx = conn.transaction().map_err(db)?;
+        let pending: Option<u32> = tx
+            .query_row(
+                "SELECT approvals_required FROM requests \
+                 WHERE id = ?1 AND state = 'pending' AND expires_at > ?2",
+                params![id, now],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(need) = pending else {
+            return Err(StoreError::Stale(format!("request {id} is not pending")));
+        };
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, approver, comment, now],
+            )
+            .map_err(db)?;
+        let have: u32 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM approvals WHERE request_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let outcome = if inserted == 0 {
+            ApprovalOutcome::Duplicate
+        } else if have >= need {
+            tx.execute(
                 "UPDATE requests SET state = 'approved', grant_start = ?1, \
-                 grant_end = ?1 + duration_secs, decided_by = ?2, comment = ?3 \
-                 WHERE id = ?4 AND state = 'pending'",
-                params![grant_start, decided_by, comment, id],
-            ),
-            RequestDecision::Deny => conn.execute(
-                "UPDATE requests SET state = 'denied', decided_by = ?1, comment = ?2 \
-                 WHERE id = ?3 AND state = 'pending'",
-                params![decided_by, comment, id],
-            ),
-        }
-        .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::Stale(format!(
-                "request {id} is no longer pending"
-            )));
-        }
-        Self::bump_revision(&conn)?;
-        Self::request_by_id(&conn, id)?.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+                 grant_end = ?1 + duration_secs, decided_by = ?2, comment = ?3 WHERE id = ?4",
+                params![now, approver, comment, id],
+            )
+            .map_err(db)?;
+            Self::bump_revision(&tx)?;
+            ApprovalOutcome::Granted
+        } else {
+            ApprovalOutcome::Counted { have, need }
+        };
+        let row = Self::request_by_id(&tx, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("request {id}")))?;
+        tx.commit().map_err(db)?;
+        Ok((row, outcome))
     }
 
-    async fn revoke_grant(
+    async fn end_request(
         &self,
         id: RequestId,
+        ending: Ending,
         by: &str,
         comment: Option<&str>,
         now: UnixTime,
@@ -498,16 +595,68 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let n = conn
             .execute(
-                "UPDATE requests SET state = 'revoked', grant_end = MIN(grant_end, ?1), \
-                 decided_by = ?2, comment = ?3 WHERE id = ?4 AND state = 'approved'",
-                params![now, by, comment, id],
+                "UPDATE requests SET state = ?1, decided_by = ?2, comment = ?3, \
+                 grant_end = CASE WHEN grant_end IS NULL THEN NULL ELSE MIN(grant_end, ?4) END \
+                 WHERE id = ?5 AND state = ?6",
+                params![
+                    ending.to_state().as_str(),
+                    by,
+                    comment,
+                    now,
+                    id,
+                    ending.from_state().as_str()
+                ],
             )
             .map_err(db)?;
         if n == 0 {
-            return Err(StoreError::Stale(format!("grant {id} is not active")));
+            return Err(StoreError::Stale(format!(
+                "request {id} is not {}",
+                ending.from_state().as_str()
+            )));
         }
         Self::bump_revision(&conn)?;
-        Self::request_by_id(&conn, id)?.ok_or_else(|| StoreError::NotFound(format!("grant {id}")))
+        Self::request_by_id(&conn, id)?.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+    }
+
+    async fn expire_requests(&self, now: UnixTime) -> Result<Vec<AccessRequestRow>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let ids: Vec<RequestId> = tx
+            .prepare(
+                "SELECT id FROM requests WHERE (state = 'pending' AND expires_at <= ?1) \
+                 OR (state = 'approved' AND grant_end <= ?1)",
+            )
+            .map_err(db)?
+            .query_map([now], |r| r.get(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?;
+        let mut expired = Vec::with_capacity(ids.len());
+        for id in ids {
+            tx.execute(
+                "UPDATE requests SET state = 'expired', decided_by = 'system', comment = \
+                 CASE WHEN grant_end IS NULL THEN 'nobody decided in time' ELSE 'grant ended' END \
+                 WHERE id = ?1",
+                [id],
+            )
+            .map_err(db)?;
+            expired.extend(Self::request_by_id(&tx, id)?);
+        }
+        if !expired.is_empty() {
+            Self::bump_revision(&tx)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(expired)
+    }
+
+    async fn count_sessions(&self, grant: RequestId) -> Result<u32> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM sessions WHERE grant_id = ?1",
+                [grant],
+                |r| r.get(0),
+            )
+            .map_err(db)
     }
 
     async fn insert_session(&self, s: &SessionRow) -> Result<()> {

@@ -134,11 +134,18 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// Starts with `extra` (TOML, top-level keys or whole tables) put before the test config.
+    pub fn start_with(extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
         std::fs::write(
             &config,
-            "[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            format!(
+                "{extra}\n[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
+            ),
         )
         .expect("config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
@@ -414,40 +421,49 @@ impl User {
     }
 }
 
-/// A gateway, one target `web-1` (env=prod) on a real sshd, and three users:
-/// alice (engineer), bob (approver), carol (no groups).
+/// A gateway, one target `web-1` (env=prod) on a real sshd, and four users:
+/// alice (engineer), bob and dave (approvers), carol (no groups).
 pub struct World {
     pub gateway: Gateway,
     pub sshd: Sshd,
     pub alice: User,
     pub bob: User,
     pub carol: User,
+    pub dave: User,
 }
 
 impl World {
     pub fn new() -> World {
-        let gateway = Gateway::start();
+        World::with_gateway(Gateway::start())
+    }
+
+    pub fn with_gateway(gateway: Gateway) -> World {
         let sshd = Sshd::start(&gateway.path("data/keys/ssh_user_ca.pub"));
         gateway.add_target("web-1", &sshd, &["env=prod"]);
         let alice = gateway.add_user("alice", &["dev"]);
         let bob = gateway.add_user("bob", &["approvers"]);
         let carol = gateway.add_user("carol", &[]);
+        let dave = gateway.add_user("dave", &["approvers"]);
         World {
             gateway,
             sshd,
             alice,
             bob,
             carol,
+            dave,
         }
     }
 
-    /// alice asks, bob approves; returns the grant id.
+    /// alice asks, bob and dave approve (root on prod needs two); returns the
+    /// grant id.
     pub fn grant_alice(&self, target: &str, login: &str, duration: &str) -> i64 {
         self.alice.login_once();
-        self.bob.login_once();
         let id = self.alice.request(target, login, duration);
-        let o = self.bob.cli(&["approve", &id.to_string()]);
-        assert!(o.status.success(), "approve: {}", stderr(&o));
+        for approver in [&self.bob, &self.dave] {
+            approver.login_once();
+            let o = approver.cli(&["approve", &id.to_string()]);
+            assert!(o.status.success(), "approve: {}", stderr(&o));
+        }
         id
     }
 }
