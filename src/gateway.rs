@@ -78,6 +78,7 @@ pub fn init(config: &Config) -> Result<keys::GatewayKeys, GatewayError> {
 pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let keys = init(&config)?;
     let store: Arc<dyn Store> = open_store(&config)?;
+    let policy_files = crate::policy::fingerprint(&config.policies_dir);
     let policy = SharedPolicy::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
     let access = Arc::new(Access::new(
         store.clone(),
@@ -138,6 +139,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             config.policies_dir.clone(),
             policy,
             config.access.policy_reload_interval,
+            policy_files,
         )),
     ];
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));

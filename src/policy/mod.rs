@@ -26,7 +26,7 @@ mod shared;
 mod tests;
 
 pub use requirements::Requirements;
-pub use shared::{SharedPolicy, watch};
+pub use shared::{Fingerprint, SharedPolicy, fingerprint, watch};
 
 use std::collections::BTreeMap;
 use std::fmt;

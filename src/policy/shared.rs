@@ -38,9 +38,12 @@ impl SharedPolicy {
     }
 }
 
-/// The newest modification time among the policy files, or `None` when the
-/// folder is missing.
-fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, SystemTime)>> {
+/// What the policy files look like on disk (names and modification times), or
+/// `None` when the folder is missing. Taken before loading, so a change made
+/// while the gateway starts is not missed.
+pub type Fingerprint = Option<Vec<(PathBuf, SystemTime)>>;
+
+pub fn fingerprint(dir: &Path) -> Fingerprint {
     let mut files: Vec<(PathBuf, SystemTime)> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -56,9 +59,10 @@ fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, SystemTime)>> {
 
 /// Reloads the policies on SIGHUP and whenever a file in `dir` changes (checked
 /// every `interval`; polling keeps us free of a file-watching dependency).
-pub async fn watch(dir: PathBuf, policy: SharedPolicy, interval: Duration) {
+/// `loaded` is the fingerprint taken just before the set in force was loaded.
+pub async fn watch(dir: PathBuf, policy: SharedPolicy, interval: Duration, loaded: Fingerprint) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = fingerprint(&dir);
+    let mut seen = loaded;
     let mut tick = tokio::time::interval(interval);
     loop {
         // Both arms are cancel-safe: a tick or a signal delivery is not lost by
