@@ -326,3 +326,23 @@ async fn sessions(State(s): Shared, Caller(_): Caller) -> Result<Json<Vec<Sessio
             .collect(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document must list every route the router serves.
+    #[test]
+    fn openapi_lists_every_route() {
+        let spec = include_str!("../../proto/openapi.yaml");
+        let source = include_str!("mod.rs");
+        let routes: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(routes.len() >= 10, "{routes:?}");
+        for route in routes {
+            assert!(spec.contains(&format!("  {route}:")), "{route} missing from proto/openapi.yaml");
+        }
+    }
+}
+
