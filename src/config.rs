@@ -20,8 +20,32 @@ pub struct Config {
     pub policies_dir: PathBuf,
     pub ssh: SshConfig,
     pub api: ApiConfig,
+    pub http: HttpConfig,
     pub access: AccessConfig,
     pub notify: NotifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Apps are reached at `https://TARGET.<apps_domain>:<api port>/`; `localhost`
+    /// resolves to loopback in browsers and curl.
+    pub apps_domain: String,
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an upstream's response headers (504 after).
+    #[serde(with = "serde_duration")]
+    pub response_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            apps_domain: "localhost".into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +103,7 @@ impl Default for Config {
             policies_dir: "policies".into(),
             ssh: SshConfig::default(),
             api: ApiConfig::default(),
+            http: HttpConfig::default(),
             access: AccessConfig::default(),
             notify: NotifyConfig::default(),
         }
@@ -159,6 +184,12 @@ impl Config {
         }
         if self.access.enforce_interval > Duration::from_secs(1) {
             problems.push("access.enforce_interval must be at most 1s".to_string());
+        }
+        if self.http.apps_domain.is_empty() || self.http.apps_domain.contains(['/', ':', ' ']) {
+            problems.push(format!(
+                "http.apps_domain {:?} must be a bare domain name",
+                self.http.apps_domain
+            ));
         }
         if self.access.request_ttl.is_zero() {
             problems.push("access.request_ttl must be positive".to_string());

@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, HttpsFront};
 use crate::config::Config;
-use crate::credentials::SshCertificateAuthority;
+use crate::credentials::{AssertionSigner, SshCertificateAuthority};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
+use crate::proxy::http::{HttpFront, HttpUpstream};
 use crate::proxy::ssh::{SshFront, SshUpstream};
 use crate::session::{self, EndReason, Pipeline, Registry};
 use crate::store::{SqliteStore, Store};
@@ -90,16 +91,20 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         event_sinks(&config)?,
     ));
     let registry = Registry::default();
+    let http_signer = Arc::new(
+        AssertionSigner::from_pkcs8(keys.http_assertion.expose(), "drawbridge").map_err(setup)?,
+    );
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
+        http_signer.clone(),
         config.recordings_dir.clone(),
         keys.recording.clone(),
         registry.clone(),
     ));
     let ssh = Arc::new(SshFront::new(
-        pipeline,
+        pipeline.clone(),
         store.clone(),
         keys.ssh_host.clone(),
         SshUpstream {
@@ -113,10 +118,26 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         access: access.clone(),
         registry: registry.clone(),
         token_ttl: config.access.login_token_ttl,
+        apps_domain: config.http.apps_domain.clone(),
+        jwks: http_signer.jwks(),
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;
     let api_listener = bind(config.api.listen).await?;
+    let https_port = api_listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(config.api.listen.port());
+    let https = Arc::new(HttpsFront {
+        api: router,
+        apps: Arc::new(HttpFront::new(
+            pipeline,
+            store.clone(),
+            config.http.apps_domain.clone(),
+            https_port,
+            HttpUpstream::new(config.http.connect_timeout, config.http.response_timeout),
+        )),
+    });
     // Tests and scripts read these two lines to learn the actual ports (the config
     // may say port 0).
     println!("drawbridge: ssh listening on {}", local(&ssh_listener));
@@ -143,7 +164,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         )),
     ];
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));
-    let api_task = tokio::spawn(api::serve_tls(api_listener, tls, router, stop_rx));
+    let api_task = tokio::spawn(api::serve_tls(api_listener, tls, https, stop_rx));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

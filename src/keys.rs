@@ -31,6 +31,8 @@ pub struct GatewayKeys {
     pub ssh_host: PrivateKey,
     pub user_ca: PrivateKey,
     pub recording: Arc<RecordingKey>,
+    /// Ed25519 PKCS#8 for the HTTP identity assertions (JWT, EdDSA).
+    pub http_assertion: Secret<Vec<u8>>,
     pub tls_cert_pem: String,
     pub tls_key_pem: Secret<String>,
 }
@@ -62,6 +64,9 @@ impl KeyPaths {
     /// Public recording keys, one per line, so verification survives rotation.
     pub fn recording_pub(&self) -> PathBuf {
         self.dir.join("recording.pub")
+    }
+    pub fn http_assertion(&self) -> PathBuf {
+        self.dir.join("http_assertion.pk8")
     }
     pub fn tls_cert(&self) -> PathBuf {
         self.dir.join("tls.crt")
@@ -150,6 +155,17 @@ fn recording_key(paths: &KeyPaths, created: &mut Vec<PathBuf>) -> Result<Recordi
     Ok(key)
 }
 
+fn ed25519_pkcs8(path: &Path, created: &mut Vec<PathBuf>) -> Result<Vec<u8>, KeyError> {
+    if path.exists() {
+        return fs::read(path).map_err(io(path));
+    }
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| KeyError::Random)?;
+    write_private(path, pkcs8.as_ref())?;
+    created.push(path.into());
+    Ok(pkcs8.as_ref().to_vec())
+}
+
 fn tls(paths: &KeyPaths, created: &mut Vec<PathBuf>) -> Result<(String, String), KeyError> {
     let (cert_path, key_path) = (paths.tls_cert(), paths.tls_key());
     if cert_path.exists() && key_path.exists() {
@@ -186,12 +202,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<(GatewayKeys, Vec<PathBuf>), Ke
     let ssh_host = ssh_key_file(&paths.ssh_host(), &mut created)?;
     let user_ca = ssh_key_file(&paths.user_ca(), &mut created)?;
     let recording = Arc::new(recording_key(&paths, &mut created)?);
+    let http_assertion = Secret::new(ed25519_pkcs8(&paths.http_assertion(), &mut created)?);
     let (tls_cert_pem, tls_key_pem) = tls(&paths, &mut created)?;
     Ok((
         GatewayKeys {
             ssh_host,
             user_ca,
             recording,
+            http_assertion,
             tls_cert_pem,
             tls_key_pem: Secret::new(tls_key_pem),
         },
@@ -220,12 +238,13 @@ mod tests {
     fn first_start_creates_private_files_0600_then_reloads_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (keys, created) = load_or_create(dir.path()).expect("create");
-        assert_eq!(created.len(), 4);
+        assert_eq!(created.len(), 5);
         let paths = KeyPaths::new(dir.path());
         for p in [
             paths.ssh_host(),
             paths.user_ca(),
             paths.recording(),
+            paths.http_assertion(),
             paths.tls_key(),
         ] {
             let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;

@@ -6,8 +6,9 @@
 
 mod tls;
 pub mod types;
+mod web;
 
-pub use tls::{serve_tls, server_tls_config};
+pub use tls::{HttpsFront, serve_tls, server_tls_config};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,10 @@ pub struct ApiState {
     pub access: Arc<Access>,
     pub registry: Registry,
     pub token_ttl: Duration,
+    /// Browsers' session cookie is scoped to this domain.
+    pub apps_domain: String,
+    /// The HTTP assertion keys, served at `/.well-known/jwks.json`.
+    pub jwks: serde_json::Value,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -51,6 +56,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/grants/{id}/release", post(release))
         .route("/api/v1/break-glass", post(break_glass))
         .route("/api/v1/sessions", get(sessions))
+        .route("/login", get(web::login_page).post(web::login_submit))
+        .route("/.well-known/jwks.json", get(web::jwks))
         .with_state(state)
 }
 
@@ -341,8 +348,10 @@ mod tests {
             .collect();
         assert!(routes.len() >= 10, "{routes:?}");
         for route in routes {
-            assert!(spec.contains(&format!("  {route}:")), "{route} missing from proto/openapi.yaml");
+            assert!(
+                spec.contains(&format!("  {route}:")),
+                "{route} missing from proto/openapi.yaml"
+            );
         }
     }
 }
-

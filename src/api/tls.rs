@@ -2,7 +2,14 @@
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
+use hyper::{Request, Response, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -11,6 +18,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::http::HttpFront;
 
 pub fn server_tls_config(
     cert_pem: &str,
@@ -33,11 +42,38 @@ pub fn server_tls_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections and serves `router` on each until `shutdown`.
+/// Everything served on the HTTPS listener: apps behind the gateway by host name
+/// (`TARGET.<apps domain>`), the API and the gateway's own pages otherwise.
+pub struct HttpsFront {
+    pub api: Router,
+    pub apps: Arc<HttpFront>,
+}
+
+impl HttpsFront {
+    async fn dispatch(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_string();
+        if let Some(target) = self.apps.target_of(&host) {
+            return Ok(self.apps.handle(req, target, peer).await);
+        }
+        TowerToHyperService::new(self.api.clone()).call(req).await
+    }
+}
+
+/// Accepts TLS connections and serves `front` on each until `shutdown`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    router: Router,
+    front: Arc<HttpsFront>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -54,8 +90,9 @@ pub async fn serve_tls(
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let front = front.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -63,8 +100,9 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let service = service_fn(move |req| front.clone().dispatch(req, peer));
             if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "https connection error");

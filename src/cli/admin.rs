@@ -54,10 +54,13 @@ pub enum TargetCommand {
 #[derive(Args)]
 pub struct TargetAddArgs {
     name: String,
-    /// host:port of the target's sshd.
+    /// What the target speaks.
+    #[arg(long, value_parser = ["ssh", "http"], default_value = "ssh")]
+    protocol: String,
+    /// host:port of the target's server (sshd, or the HTTP app).
     #[arg(long)]
     address: String,
-    /// The target's host public key (`ssh-ed25519 AAAA…`), pinned.
+    /// SSH: the target's host public key (`ssh-ed25519 AAAA…`), pinned.
     #[arg(long, conflicts_with = "host_key_file")]
     host_key: Option<String>,
     /// A file holding the target's host public key.
@@ -163,35 +166,48 @@ async fn add_user(store: &dyn Store, args: UserAddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn add_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()> {
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    let (host_key, described) = if args.protocol == "ssh" {
+        let host_key = match (args.host_key, args.host_key_file) {
+            (Some(k), _) => k,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            (None, None) => anyhow::bail!(
+                "a pinned host key is required (--host-key or --host-key-file): Drawbridge never trusts a target on first use"
+            ),
+        };
+        let key = parse_host_key(&host_key).map_err(anyhow::Error::msg)?;
+        (
+            key.to_openssh()?,
+            format!("host key {}", identity::fingerprint(&key)),
+        )
+    } else {
+        (
+            String::new(),
+            "reached at https://NAME.<apps domain>:<https port>/".to_string(),
+        )
+    };
+    store
+        .create_target(Target {
+            name: args.name.clone(),
+            protocol: args.protocol.clone(),
+            address: args.address,
+            host_key,
+            labels,
+        })
+        .await?;
+    println!(
+        "created {} target {} ({described})",
+        args.protocol, args.name
+    );
+    Ok(())
+}
+
 pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<ExitCode> {
     let store = crate::gateway::open_store(config)?;
     match command {
-        TargetCommand::Add(args) => {
-            let host_key = match (args.host_key, args.host_key_file) {
-                (Some(k), _) => k,
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                (None, None) => anyhow::bail!(
-                    "a pinned host key is required (--host-key or --host-key-file): Drawbridge never trusts a target on first use"
-                ),
-            };
-            let key = parse_host_key(&host_key).map_err(anyhow::Error::msg)?;
-            let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
-            store
-                .create_target(Target {
-                    name: args.name.clone(),
-                    protocol: "ssh".into(),
-                    address: args.address,
-                    host_key: key.to_openssh()?,
-                    labels,
-                })
-                .await?;
-            println!(
-                "created SSH target {} (host key {})",
-                args.name,
-                identity::fingerprint(&key)
-            );
-        }
+        TargetCommand::Add(args) => add_target(store.as_ref(), args).await?,
         TargetCommand::List => {
             for t in store.list_targets().await? {
                 let labels: Vec<String> =

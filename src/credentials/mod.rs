@@ -5,8 +5,10 @@
 //! [`Authorization`](crate::access::Authorization), so no code path can reach the
 //! connect stage without passing authorize first.
 
+mod http_assertion;
 mod ssh_cert;
 
+pub use http_assertion::{AssertionSigner, HttpCredential, MAX_TTL_SECS};
 pub use ssh_cert::{SshCertificateAuthority, SshCredential};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,4 +21,5 @@ pub enum CredentialError {
 #[derive(Debug)]
 pub enum Credential {
     Ssh(SshCredential),
+    Http(HttpCredential),
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, Authorization};
-use crate::credentials::{Credential, SshCertificateAuthority};
+use crate::credentials::{AssertionSigner, Credential, SshCertificateAuthority};
 use crate::identity::Identity;
 use crate::recording::{Recorder, RecordingError, RecordingKey, SessionMeta};
 use crate::store::{SessionRow, Store, Target};
@@ -30,6 +30,7 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     access: Arc<Access>,
     ssh_ca: SshCertificateAuthority,
+    http_signer: Arc<AssertionSigner>,
     recordings_dir: PathBuf,
     recording_key: Arc<RecordingKey>,
     registry: Registry,
@@ -56,6 +57,7 @@ impl Pipeline {
         store: Arc<dyn Store>,
         access: Arc<Access>,
         ssh_ca: SshCertificateAuthority,
+        http_signer: Arc<AssertionSigner>,
         recordings_dir: PathBuf,
         recording_key: Arc<RecordingKey>,
         registry: Registry,
@@ -64,6 +66,7 @@ impl Pipeline {
             store,
             access,
             ssh_ca,
+            http_signer,
             recordings_dir,
             recording_key,
             registry,
@@ -86,6 +89,9 @@ impl Pipeline {
                 session_id,
                 time::now(),
             )?)),
+            "http" => Ok(Credential::Http(
+                self.http_signer.for_session(auth, session_id),
+            )),
             other => Err(SessionError::Internal(format!(
                 "no credential kind for {other}"
             ))),
@@ -195,6 +201,10 @@ impl SessionHandle {
     /// A receiver that resolves when the session must end.
     pub fn live(&self) -> LiveSession {
         self.live.clone()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.live.is_ended()
     }
 
     /// Ends the session through its kill switch; every relay of it stops.

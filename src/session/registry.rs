@@ -73,6 +73,11 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
+    /// Whether the session has been ended or its grant's deadline has passed.
+    pub fn is_ended(&self) -> bool {
+        self.end.borrow().is_some() || self.deadline.is_some_and(|(at, _)| Instant::now() >= at)
+    }
+
     /// Waits until the grant's deadline passes or someone ends the session.
     pub async fn ended(&mut self) -> EndReason {
         let deadline = self.deadline;

@@ -1,0 +1,146 @@
+//! The HTTP front: admin web apps behind the gateway at
+//! `https://TARGET.<apps domain>:8443/`. Each request is identified (bearer token
+//! or the gateway's session cookie), checked against a live session (opened
+//! through the pipeline on first use, one per user and target), stripped of
+//! anything claiming identity, given a signed assertion and forwarded.
+//!
+//! - `headers`: what is removed and added on the way through.
+//! - `upstream`: the [`Upstream`](crate::session::Upstream) impl and forwarding,
+//!   websockets included.
+//! - `sessions`: the per-user-and-target session cache.
+
+mod headers;
+mod sessions;
+mod upstream;
+
+pub use headers::SESSION_COOKIE;
+pub use upstream::HttpUpstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+
+use crate::identity;
+use crate::session::Pipeline;
+use crate::store::Store;
+use crate::time;
+
+pub struct HttpFront {
+    store: Arc<dyn Store>,
+    sessions: sessions::Sessions,
+    upstream: HttpUpstream,
+    apps_domain: String,
+    /// The gateway's public HTTPS port, for redirects to its login page.
+    public_port: u16,
+}
+
+impl HttpFront {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        store: Arc<dyn Store>,
+        apps_domain: String,
+        public_port: u16,
+        upstream: HttpUpstream,
+    ) -> Self {
+        HttpFront {
+            sessions: sessions::Sessions::new(pipeline, store.clone()),
+            store,
+            upstream,
+            apps_domain,
+            public_port,
+        }
+    }
+
+    /// The target a request is for, from its Host header: `grafana` for
+    /// `grafana.localhost:8443` when the apps domain is `localhost`.
+    pub fn target_of<'a>(&self, host: &'a str) -> Option<&'a str> {
+        let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let target = name.strip_suffix(&self.apps_domain)?.strip_suffix('.')?;
+        (!target.is_empty() && !target.contains('.')).then_some(target)
+    }
+
+    fn login_url(&self, next: &str) -> String {
+        let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
+        format!(
+            "https://{}:{}/login?{query}",
+            self.apps_domain, self.public_port
+        )
+    }
+
+    /// Handles one request for `target`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        target: &str,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let bearer = headers::bearer(req.headers());
+        let token = bearer
+            .clone()
+            .or_else(|| headers::session_cookie(req.headers()));
+        let identity = match token {
+            Some(token) => identity::by_token(self.store.as_ref(), &token, time::now())
+                .await
+                .ok(),
+            None => None,
+        };
+        let Some(identity) = identity else {
+            return self.unauthenticated(&req, bearer.is_some());
+        };
+        let session = match self
+            .sessions
+            .get_or_open(&identity, target, &self.upstream)
+            .await
+        {
+            Ok(session) => session,
+            Err(refusal) => return refusal,
+        };
+        upstream::forward(req, &session, bearer.is_some(), peer).await
+    }
+
+    /// API clients get 401 JSON; browsers are sent to the login page and come back.
+    fn unauthenticated(&self, req: &Request<Incoming>, had_bearer: bool) -> Response<Body> {
+        let browser = !had_bearer
+            && req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+        if !browser {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid token: run `drawbridge login` and send `Authorization: Bearer <token>`",
+            );
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let next = format!("https://{host}{path}");
+        Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, self.login_url(&next))
+            .body(Body::empty())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}

@@ -1,0 +1,126 @@
+//! One Drawbridge session per user and HTTP target: opened through the pipeline
+//! on the first request, reused while its grant lasts, and sealed when it ends.
+//! A revoke or grant end takes effect on the very next request, because a
+//! session that has ended is never reused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use hyper::{Response, StatusCode};
+
+use super::json_error;
+use super::upstream::{HttpConnection, HttpUpstream};
+use crate::access::AccessError;
+use crate::identity::Identity;
+use crate::session::{Pipeline, SessionError, SessionHandle, Side};
+use crate::store::{RequestState, Store, UserId};
+use crate::time;
+
+/// The login a grant for an HTTP target names when the engineer did not choose
+/// one (`drawbridge request grafana --login web`).
+pub const DEFAULT_LOGIN: &str = "web";
+
+pub struct HttpSession {
+    pub handle: SessionHandle,
+    pub connection: HttpConnection,
+}
+
+pub struct Sessions {
+    pipeline: Arc<Pipeline>,
+    store: Arc<dyn Store>,
+    live: Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>,
+}
+
+impl Sessions {
+    pub fn new(pipeline: Arc<Pipeline>, store: Arc<dyn Store>) -> Self {
+        Sessions {
+            pipeline,
+            store,
+            live: Arc::default(),
+        }
+    }
+
+    fn cached(&self, key: &(UserId, String)) -> Option<Arc<HttpSession>> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(key).filter(|s| !s.handle.is_ended()).cloned()
+    }
+
+    /// The login of the user's active grant on `target`, if any.
+    async fn granted_login(&self, identity: &Identity, target: &str) -> Option<String> {
+        let now = time::now();
+        let approved = self
+            .store
+            .list_requests(Some(RequestState::Approved))
+            .await
+            .ok()?;
+        approved
+            .into_iter()
+            .find(|r| {
+                r.user_id == identity.user().id
+                    && r.target == target
+                    && r.grant_start.is_some_and(|s| s <= now)
+                    && r.grant_end.is_some_and(|e| now < e)
+            })
+            .map(|r| r.login)
+    }
+
+    pub async fn get_or_open(
+        &self,
+        identity: &Identity,
+        target: &str,
+        upstream: &HttpUpstream,
+    ) -> Result<Arc<HttpSession>, Response<Body>> {
+        let key = (identity.user().id, target.to_string());
+        if let Some(session) = self.cached(&key) {
+            return Ok(session);
+        }
+        let login = self
+            .granted_login(identity, target)
+            .await
+            .unwrap_or_else(|| DEFAULT_LOGIN.to_string());
+        let established = self
+            .pipeline
+            .open(identity.clone(), target, &login, upstream)
+            .await
+            .map_err(|e| refusal(&e))?;
+        let session = Arc::new(HttpSession {
+            handle: established.session,
+            connection: established.connection,
+        });
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), session.clone());
+        tokio::spawn(seal_when_ended(self.live.clone(), key, session.clone()));
+        Ok(session)
+    }
+}
+
+/// Seals the recording and forgets the session once it is ended (grant end,
+/// revoke, disable, shutdown).
+async fn seal_when_ended(
+    live: Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>,
+    key: (UserId, String),
+    session: Arc<HttpSession>,
+) {
+    let reason = session.handle.live().ended().await.to_string();
+    {
+        let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+            live.remove(&key);
+        }
+    }
+    session.handle.finish(&reason).await;
+}
+
+fn refusal(e: &SessionError) -> Response<Body> {
+    let status = match (e, e.side()) {
+        (SessionError::Access(AccessError::UnknownTarget(_)), _) => StatusCode::NOT_FOUND,
+        (_, Side::Downstream) => StatusCode::FORBIDDEN,
+        (_, Side::Upstream) => StatusCode::BAD_GATEWAY,
+        (_, Side::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::info!(error = %e, side = ?e.side(), "http session refused");
+    json_error(status, &e.client_message())
+}
