@@ -16,7 +16,9 @@ use crate::credentials::SshCertificateAuthority;
 use crate::keys::{self, KeyPaths};
 use crate::policy::PolicyEngine;
 use crate::proxy::ssh::{SshFront, SshUpstream};
-use crate::session::{self, EndReason, Pipeline, Registry};
+use crate::recording::audit::{AuditIndex, audit_dir};
+use crate::recording::{AuditLog, recovery};
+use crate::session::{self, EndReason, Pipeline, RecordingSetup, Registry};
 use crate::store::{SqliteStore, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +82,17 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let policy = Arc::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
     let access = Arc::new(Access::new(store.clone(), policy, config.access.max_grant));
     let registry = Registry::default();
+    let audit = open_audit_and_recover(&config, &keys, store.as_ref()).await?;
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
-        config.recordings_dir.clone(),
-        keys.recording.clone(),
+        RecordingSetup {
+            dir: config.recordings_dir.clone(),
+            key: keys.recording.clone(),
+            config: config.recording.clone(),
+            audit: audit.clone(),
+        },
         registry.clone(),
     ));
     let ssh = Arc::new(SshFront::new(
@@ -133,7 +140,61 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     drain(&registry).await;
     enforcer.abort();
     let _ = tokio::join!(ssh_task, api_task);
+    let stopped = audit.event("gateway.stop", "gateway", "", "clean shutdown");
+    if let Err(e) = stopped.and(audit.close("gateway stopped").await.map(|_| ())) {
+        tracing::error!(error = %e, "cannot seal the audit log; it is sealed as interrupted on the next start");
+    }
     Ok(())
+}
+
+/// Opens the audit log (sealing a segment a crash left open) and seals every session
+/// recording a crash left open, marking those sessions ended in the store. Runs before any
+/// listener opens, so no new session can race the sweep.
+async fn open_audit_and_recover(
+    config: &Config,
+    keys: &keys::GatewayKeys,
+    store: &dyn Store,
+) -> Result<AuditLog, GatewayError> {
+    let trusted = keys::load_key_ring(&config.data_dir).map_err(setup)?;
+    let dir = audit_dir(&config.recordings_dir);
+    let rec = &config.recording;
+    let audit = AuditLog::open(
+        &dir,
+        keys.recording.clone(),
+        &trusted,
+        rec.policy(),
+        rec.queue_bytes,
+    )
+    .map_err(|e| setup(format!("audit log {}: {e}", dir.display())))?;
+    let index = AuditIndex::load(&dir).map_err(setup)?;
+    let recovered = recovery::recover_sessions(
+        &config.recordings_dir,
+        &audit,
+        &index,
+        &keys.recording,
+        &trusted,
+    )
+    .map_err(setup)?;
+    for r in &recovered {
+        tracing::warn!(session = %r.session_id, reason = %r.end_reason, "recovered a recording left open");
+        // A recording without a store row (crash before the row was written) is fine.
+        if let Err(e) = store
+            .end_session(&r.session_id, crate::time::now(), &r.end_reason)
+            .await
+        {
+            tracing::debug!(session = %r.session_id, error = %e, "no session row to end");
+        }
+    }
+    let details = format!(
+        "audit segment {}; {} recordings recovered",
+        audit.segment(),
+        recovered.len()
+    );
+    audit
+        .event("gateway.start", "gateway", "", &details)
+        .map_err(setup)?;
+    audit.sync().await.map_err(setup)?;
+    Ok(audit)
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, GatewayError> {
