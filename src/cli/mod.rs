@@ -4,7 +4,9 @@
 mod access;
 mod admin;
 mod audit;
+mod audit_log;
 mod client;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,8 +57,14 @@ enum Command {
     Sessions(access::SessionsArgs),
     /// Play a recorded session back in the terminal.
     Replay(audit::ReplayArgs),
-    /// Verify recordings: framing, hash chain, signatures, seals.
+    /// Verify the audit log and recordings: framing, hash chain, checkpoints, seals, and
+    /// that every recording the audit log names exists with its sealed hash.
     Verify(audit::VerifyArgs),
+    /// Show the global audit log (logins, requests, decisions, sessions, recoveries).
+    Audit(audit_log::AuditArgs),
+    /// Manage the gateway's keys (on the gateway host).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -106,6 +114,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Sessions(a) => access::sessions(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),
+            Command::Audit(a) => audit_log::audit(&config()?, a).await,
+            Command::Keys(c) => keys::keys(&config()?, c),
         }
     })
 }

@@ -237,3 +237,52 @@ impl AuditIndex {
             .map(String::as_str)
     }
 }
+
+/// One audit-log entry, flattened for listing and JSON (`drawbridge audit`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    pub segment: u64,
+    /// Position in its segment.
+    pub seq: u64,
+    pub at_unix_ms: i64,
+    /// The event's kind; `session.sealed` for seal entries.
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub details: String,
+}
+
+/// Every event and seal entry of segments from number `from` on, in order (whole records
+/// only: run `drawbridge verify` for integrity).
+pub fn entries(dir: &Path, from: u64) -> Result<Vec<Entry>, RecordingError> {
+    let mut out = Vec::new();
+    for (segment, path) in segments(dir)?.into_iter().filter(|(n, _)| *n >= from) {
+        for record in read_file(&path)?.records {
+            let (at_unix_ms, kind, actor, subject, details) = match record.body {
+                Some(Body::Event(e)) => (e.at_unix_ms, e.kind, e.actor, e.subject, e.details),
+                Some(Body::Sealed(s)) => {
+                    let details = format!(
+                        "{}; {} records; final hash {}{}",
+                        s.end_reason,
+                        s.records,
+                        super::format::hex(&s.final_hash),
+                        if s.interrupted { "; interrupted" } else { "" }
+                    );
+                    let kind = "session.sealed".to_string();
+                    (s.at_unix_ms, kind, "gateway".into(), s.session_id, details)
+                }
+                _ => continue,
+            };
+            out.push(Entry {
+                segment,
+                seq: record.seq,
+                at_unix_ms,
+                kind,
+                actor,
+                subject,
+                details,
+            });
+        }
+    }
+    Ok(out)
+}
