@@ -265,3 +265,67 @@ fn a_recording_that_cannot_keep_up_ends_the_session_and_the_audit_log_says_why()
     // What was recorded before the failure is sealed and named in the audit log.
     assert!(w.gateway.admin(&["verify"]).status.success());
 }
+
+#[test]
+fn export_to_asciicast_plays_in_asciinema_and_jsonl_keeps_every_record() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let mut child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        "echo snow-$((6*7))-☃; exit 0\n".as_bytes(),
+    )
+    .expect("type");
+    assert!(child.wait_with_output().expect("wait").status.success());
+    let list = wait_until_ended(&w, 1);
+    let id = list[0]["id"].as_str().expect("id");
+
+    let cast = w.gateway.path("s.cast");
+    let cast_arg = cast.display().to_string();
+    w.gateway
+        .admin_ok(&["export", id, "--format", "asciicast", "-o", &cast_arg]);
+    let text = std::fs::read_to_string(&cast).expect("cast");
+    let mut lines = text.lines();
+    let header: serde_json::Value =
+        serde_json::from_str(lines.next().expect("header")).expect("header json");
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64().is_some_and(|w| w > 0), "{header}");
+    let mut last = 0.0;
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(line).expect("event json");
+        let t = event[0].as_f64().expect("time");
+        assert!(t >= last, "time goes back: {line}");
+        last = t;
+        assert!(event[1] == "o" || event[1] == "r", "{line}");
+        assert!(event[2].is_string(), "{line}");
+    }
+    // asciinema 2.2 `cat` opens /dev/tty; `script` gives it a pseudo-terminal.
+    let played = std::process::Command::new("script")
+        .args(["-qec", &format!("asciinema cat {cast_arg}"), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script + asciinema");
+    assert!(played.status.success(), "{}", stderr(&played));
+    assert!(stdout(&played).contains("snow-42-☃"), "{}", stdout(&played));
+
+    let jsonl = w.gateway.admin_ok(&["export", id, "--format", "jsonl"]);
+    let records: Vec<serde_json::Value> = (jsonl.lines())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let on_disk = read_file(&w.gateway.recording(id))
+        .expect("read")
+        .records
+        .len();
+    assert_eq!(records.len(), on_disk);
+    assert_eq!(records[0]["type"], "start");
+    assert_eq!(records[on_disk - 1]["type"], "seal");
+    assert!(records.iter().any(|r| r["type"] == "pty"));
+}

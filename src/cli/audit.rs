@@ -1,4 +1,4 @@
-//! `replay` and `verify`: the auditor's commands, run on the gateway host against the
+//! `replay`, `export` and `verify`: the auditor's commands, run on the gateway host against the
 //! recordings folder, the audit log and the gateway's public recording keys.
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -22,6 +22,25 @@ pub struct ReplayArgs {
     /// Longest pause to reproduce, e.g. 2s.
     #[arg(long, value_parser = crate::time::parse_duration)]
     max_idle: Option<Duration>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Session id (as shown by `drawbridge sessions`) or a recording file.
+    session: String,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Asciicast)]
+    format: ExportFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// asciicast v2: plays in `asciinema play`.
+    Asciicast,
+    /// One JSON object per record, every byte kept (hex).
+    Jsonl,
 }
 
 #[derive(Args)]
@@ -56,6 +75,24 @@ pub fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     recording::replay(&rec, speed, args.max_idle, &mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let path = recording_path(config, &args.session);
+    let rec =
+        recording::read_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(file) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(file).with_context(|| file.display().to_string())?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match args.format {
+        ExportFormat::Asciicast => recording::export::asciicast(&rec, &mut out)?,
+        ExportFormat::Jsonl => recording::export::jsonl(&rec, &mut out)?,
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

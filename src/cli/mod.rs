@@ -57,6 +57,8 @@ enum Command {
     Sessions(access::SessionsArgs),
     /// Play a recorded session back in the terminal.
     Replay(audit::ReplayArgs),
+    /// Export a recording: asciicast v2 or JSON Lines.
+    Export(audit::ExportArgs),
     /// Verify the audit log and recordings: framing, hash chain, checkpoints, seals, and
     /// that every recording the audit log names exists with its sealed hash.
     Verify(audit::VerifyArgs),
@@ -113,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Revoke(a) => access::decide(a, "revoke").await,
             Command::Sessions(a) => access::sessions(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
+            Command::Export(a) => audit::export(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),
             Command::Audit(a) => audit_log::audit(&config()?, a).await,
             Command::Keys(c) => keys::keys(&config()?, c),

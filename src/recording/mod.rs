@@ -25,6 +25,7 @@
 //! - [`verify`]: [`verify_file`], which reports every break in one file.
 //! - [`check`]: [`check::verify_all`], the audit log and every recording cross-checked.
 //! - [`replay`]: [`replay`] of terminal output at recorded speed.
+//! - [`export`]: asciicast v2 and JSON Lines.
 //!
 //! Architecture invariants: the writer never rewrites or seeks (recovery only cuts a torn
 //! tail, after checking every whole record); the chain covers every byte of every frame
@@ -34,6 +35,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod export;
 pub mod format;
 pub mod key;
 pub mod queue;
