@@ -185,11 +185,6 @@ impl AuditLog {
         self.writer.sync().await
     }
 
-    /// Why the log stopped accepting entries, if it did.
-    pub fn failure(&self) -> Option<String> {
-        self.writer.failure()
-    }
-
     /// Seals the current segment (clean shutdown).
     pub async fn close(self, reason: &str) -> Result<SealSummary, RecordingError> {
         self.writer.seal(reason).await

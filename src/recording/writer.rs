@@ -202,12 +202,6 @@ impl Recorder {
         &self.path
     }
 
-    /// When `time_us` 0 was; events carry their own `Instant` so queueing delay does not
-    /// distort the recorded timing.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     /// Appends one record that happened at `at`, then a checkpoint if one is due by count.
     /// Only event bodies are accepted: starts, checkpoints and seals are the writer's own.
     pub fn append(&mut self, at: Instant, body: Body) -> Result<(), RecordingError> {
