@@ -1,6 +1,6 @@
 //! Build script: compiles `proto/recording.proto` into Rust with `protox` (a pure-Rust
 //! protobuf compiler, so no `protoc` binary is needed) and `prost-build`. The generated
-//! module lands in `$OUT_DIR/drawbridge.recording.v1.rs` and is included by
+//! module lands in `$OUT_DIR/drawbridge.recording.v2.rs` and is included by
 //! `src/recording/mod.rs`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -23,6 +23,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub access: AccessConfig,
     pub notify: NotifyConfig,
+    pub recording: RecordingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +96,39 @@ pub struct AccessConfig {
     pub policy_reload_interval: Duration,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Sign a checkpoint and sync the file after this many records...
+    pub checkpoint_records: u64,
+    /// ...or this long after the last checkpoint when records are pending. A crash loses
+    /// at most what follows the last checkpoint.
+    #[serde(with = "serde_duration")]
+    pub checkpoint_interval: Duration,
+    /// Bytes a session's recording queue may hold before the session is ended (fail
+    /// closed): the disk is not keeping up.
+    pub queue_bytes: usize,
+}
+
+impl RecordingConfig {
+    pub fn policy(&self) -> crate::recording::CheckpointPolicy {
+        crate::recording::CheckpointPolicy {
+            every_records: self.checkpoint_records,
+            interval: self.checkpoint_interval,
+        }
+    }
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            checkpoint_records: 1000,
+            checkpoint_interval: Duration::from_secs(1),
+            queue_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -106,6 +140,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             access: AccessConfig::default(),
             notify: NotifyConfig::default(),
+            recording: RecordingConfig::default(),
         }
     }
 }
@@ -204,6 +239,18 @@ impl Config {
         }
         if self.access.max_grant.is_zero() {
             problems.push("access.max_grant must be positive".to_string());
+        }
+        let rec = &self.recording;
+        if rec.checkpoint_records == 0 {
+            problems.push("recording.checkpoint_records must be at least 1".to_string());
+        }
+        if rec.checkpoint_interval < Duration::from_millis(1)
+            || rec.checkpoint_interval > Duration::from_secs(60)
+        {
+            problems.push("recording.checkpoint_interval must be between 1ms and 60s".to_string());
+        }
+        if rec.queue_bytes == 0 {
+            problems.push("recording.queue_bytes must be positive".to_string());
         }
         if problems.is_empty() {
             Ok(())

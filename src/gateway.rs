@@ -18,7 +18,9 @@ use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
 use crate::proxy::http::{HttpFront, HttpUpstream};
 use crate::proxy::ssh::{SshFront, SshUpstream};
-use crate::session::{self, EndReason, Pipeline, Registry};
+use crate::recording::audit::{AuditIndex, audit_dir};
+use crate::recording::{AuditLog, recovery};
+use crate::session::{self, EndReason, Pipeline, RecordingSetup, Registry};
 use crate::store::{SqliteStore, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,7 @@ pub fn init(config: &Config) -> Result<keys::GatewayKeys, GatewayError> {
 pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let keys = init(&config)?;
     let store: Arc<dyn Store> = open_store(&config)?;
+    let audit = open_audit_and_recover(&config, &keys, store.as_ref()).await?;
     let policy_files = crate::policy::fingerprint(&config.policies_dir);
     let policy = SharedPolicy::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
     let access = Arc::new(Access::new(
@@ -88,7 +91,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             max_grant: config.access.max_grant,
             request_ttl: config.access.request_ttl,
         },
-        event_sinks(&config)?,
+        event_sinks(&config, &audit)?,
     ));
     let registry = Registry::default();
     let http_signer = Arc::new(
@@ -99,8 +102,12 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
         http_signer.clone(),
-        config.recordings_dir.clone(),
-        keys.recording.clone(),
+        RecordingSetup {
+            dir: config.recordings_dir.clone(),
+            key: keys.recording.clone(),
+            config: config.recording.clone(),
+            audit: audit.clone(),
+        },
         registry.clone(),
     ));
     let ssh = Arc::new(SshFront::new(
@@ -173,12 +180,17 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     drain(&registry).await;
     background.iter().for_each(|task| task.abort());
     let _ = tokio::join!(ssh_task, api_task);
+    let stopped = audit.event("gateway.stop", "gateway", "", "clean shutdown");
+    if let Err(e) = stopped.and(audit.close("gateway stopped").await.map(|_| ())) {
+        tracing::error!(error = %e, "cannot seal the audit log; it is sealed as interrupted on the next start");
+    }
     Ok(())
 }
 
-/// Where access events go: the gateway log and every configured webhook.
-fn event_sinks(config: &Config) -> Result<Arc<dyn EventSink>, GatewayError> {
-    let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(LogSink)];
+/// Where access events go: the gateway log, the audit log and every configured
+/// webhook.
+fn event_sinks(config: &Config, audit: &AuditLog) -> Result<Arc<dyn EventSink>, GatewayError> {
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(LogSink), Arc::new(audit.clone())];
     for hook in &config.notify.webhooks {
         sinks.push(Arc::new(Webhook::start(hook.clone()).map_err(setup)?));
     }
@@ -196,6 +208,56 @@ async fn expire_loop(access: Arc<Access>) {
             tracing::warn!(error = %e, "expiring requests failed");
         }
     }
+}
+
+/// Opens the audit log (sealing a segment a crash left open) and seals every session
+/// recording a crash left open, marking those sessions ended in the store. Runs before any
+/// listener opens, so no new session can race the sweep.
+async fn open_audit_and_recover(
+    config: &Config,
+    keys: &keys::GatewayKeys,
+    store: &dyn Store,
+) -> Result<AuditLog, GatewayError> {
+    let trusted = keys::load_key_ring(&config.data_dir).map_err(setup)?;
+    let dir = audit_dir(&config.recordings_dir);
+    let rec = &config.recording;
+    let audit = AuditLog::open(
+        &dir,
+        keys.recording.clone(),
+        &trusted,
+        rec.policy(),
+        rec.queue_bytes,
+    )
+    .map_err(|e| setup(format!("audit log {}: {e}", dir.display())))?;
+    let index = AuditIndex::load(&dir).map_err(setup)?;
+    let recovered = recovery::recover_sessions(
+        &config.recordings_dir,
+        &audit,
+        &index,
+        &keys.recording,
+        &trusted,
+    )
+    .map_err(setup)?;
+    for r in &recovered {
+        tracing::warn!(session = %r.session_id, reason = %r.end_reason, "recovered a recording left open");
+        // A recording without a store row (crash before the row was written) is fine.
+        if let Err(e) = store
+            .end_session(&r.session_id, crate::time::now(), &r.end_reason)
+            .await
+        {
+            tracing::debug!(session = %r.session_id, error = %e, "no session row to end");
+        }
+    }
+    let details = format!(
+        "audit segment {}; {} recordings recovered",
+        audit.segment(),
+        recovered.len()
+    );
+    audit
+        .event("gateway.start", "gateway", "", &details)
+        .map_err(setup)?;
+    audit.sync().await.map_err(setup)?;
+    Ok(audit)
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, GatewayError> {

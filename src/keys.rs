@@ -143,14 +143,14 @@ fn recording_key(paths: &KeyPaths, created: &mut Vec<PathBuf>) -> Result<Recordi
     let path = paths.recording();
     if path.exists() {
         let pkcs8 = fs::read(&path).map_err(io(&path))?;
-        return RecordingKey::from_pkcs8(&pkcs8).map_err(|e| invalid(&path, e));
+        let key = RecordingKey::from_pkcs8(&pkcs8).map_err(|e| invalid(&path, e))?;
+        // A key put in place by hand is trusted from now on too.
+        list_public_key(paths, &key)?;
+        return Ok(key);
     }
     let (key, pkcs8) = RecordingKey::generate().map_err(|e| invalid(&path, e))?;
+    list_public_key(paths, &key)?;
     write_private(&path, &pkcs8)?;
-    let mut ring = KeyRing::new();
-    ring.insert(key.public_key_bytes())
-        .map_err(|e| invalid(&path, e))?;
-    write_public(&paths.recording_pub(), &ring.to_text())?;
     created.push(path);
     Ok(key)
 }
@@ -164,6 +164,59 @@ fn ed25519_pkcs8(path: &Path, created: &mut Vec<PathBuf>) -> Result<Vec<u8>, Key
     write_private(path, pkcs8.as_ref())?;
     created.push(path.into());
     Ok(pkcs8.as_ref().to_vec())
+}
+
+/// Appends `key`'s public line to `recording.pub` unless it is there already. The file is
+/// only ever appended to: verifying old recordings needs every key that ever signed.
+fn list_public_key(paths: &KeyPaths, key: &RecordingKey) -> Result<(), KeyError> {
+    let path = paths.recording_pub();
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let ring = KeyRing::parse(&text).map_err(|e| invalid(&path, e))?;
+    if ring.get(key.key_id()).is_some() {
+        return Ok(());
+    }
+    let line = format!(
+        "{} added {}\n",
+        key.public_key_line(),
+        crate::time::format(crate::time::now())
+    );
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io(&path))?;
+    f.write_all(line.as_bytes()).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))
+}
+
+/// Replaces the recording signing key with a new one; returns the old and new key ids.
+/// The new public key is listed in `recording.pub` before the private key is swapped, so a
+/// crash in between leaves a key ring that still verifies everything. A running gateway
+/// keeps signing with the old key until it restarts.
+pub fn rotate_recording_key(data_dir: &Path) -> Result<(String, String), KeyError> {
+    let paths = KeyPaths::new(data_dir);
+    let path = paths.recording();
+    let old = fs::read(&path).map_err(io(&path))?;
+    let old = RecordingKey::from_pkcs8(&old).map_err(|e| invalid(&path, e))?;
+    list_public_key(&paths, &old)?;
+    let (new, pkcs8) = RecordingKey::generate().map_err(|e| invalid(&path, e))?;
+    list_public_key(&paths, &new)?;
+    let staged = path.with_extension("pk8.new");
+    // A leftover from an interrupted rotation was never in use; its public key is listed.
+    if staged.exists() {
+        fs::remove_file(&staged).map_err(io(&staged))?;
+    }
+    write_private(&staged, &pkcs8)?;
+    fs::rename(&staged, &path).map_err(io(&path))?;
+    fs::File::open(&paths.dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&paths.dir))?;
+    Ok((old.key_id().to_string(), new.key_id().to_string()))
 }
 
 fn tls(paths: &KeyPaths, created: &mut Vec<PathBuf>) -> Result<(String, String), KeyError> {
@@ -254,5 +307,28 @@ mod tests {
         assert!(created.is_empty());
         assert_eq!(keys.user_ca.public_key(), again.user_ca.public_key());
         assert_eq!(keys.recording.key_id(), again.recording.key_id());
+    }
+
+    #[test]
+    fn rotation_keeps_every_old_public_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (keys, _) = load_or_create(dir.path()).expect("create");
+        let (old, new) = rotate_recording_key(dir.path()).expect("rotate");
+        assert_eq!(old, keys.recording.key_id());
+        let (_, newer) = rotate_recording_key(dir.path()).expect("rotate again");
+        let ring = load_key_ring(dir.path()).expect("ring");
+        let ids: Vec<&str> = ring.key_ids().collect();
+        assert_eq!(ring.len(), 3, "{ids:?}");
+        for id in [&old, &new, &newer] {
+            assert!(ring.get(id).is_some(), "{id} missing from {ids:?}");
+        }
+        let (reloaded, created) = load_or_create(dir.path()).expect("reload");
+        assert!(created.is_empty());
+        assert_eq!(reloaded.recording.key_id(), newer);
+        let mode = fs::metadata(KeyPaths::new(dir.path()).recording())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

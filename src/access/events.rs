@@ -116,3 +116,29 @@ impl EventSink for Fanout {
         }
     }
 }
+
+/// Every transition goes to the tamper-evident audit log as `access.<kind>`.
+impl EventSink for crate::recording::AuditLog {
+    fn emit(&self, event: &AccessEvent) {
+        let r = &event.request;
+        let details = serde_json::json!({
+            "summary": event.summary(),
+            "target": r.target,
+            "login": r.login,
+            "user": r.user,
+            "state": r.state.as_str(),
+            "reason": r.reason,
+            "ticket": r.ticket,
+            "comment": r.comment,
+            "approved_by": r.approved_by,
+            "break_glass": r.break_glass,
+            "grant_end": r.grant_end,
+            "policies": event.policy_ids,
+        });
+        let kind = format!("access.{}", event.kind.as_str());
+        let subject = format!("request {}", r.id);
+        if let Err(e) = self.event(&kind, &event.actor, &subject, &details.to_string()) {
+            tracing::error!(error = %e, kind, "cannot write the audit record");
+        }
+    }
+}

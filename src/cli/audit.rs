@@ -1,15 +1,16 @@
-//! `replay` and `verify`: the auditor's commands, run against the recordings
-//! folder and the gateway's public recording keys.
+//! `replay`, `export` and `verify`: the auditor's commands, run on the gateway host against the
+//! recordings folder, the audit log and the gateway's public recording keys.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
 
 use crate::config::Config;
-use crate::recording;
+use crate::recording::{self, check, check::FullReport, check::Status};
 
 #[derive(Args)]
 pub struct ReplayArgs {
@@ -24,9 +25,35 @@ pub struct ReplayArgs {
 }
 
 #[derive(Args)]
+pub struct ExportArgs {
+    /// Session id (as shown by `drawbridge sessions`) or a recording file.
+    session: String,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Asciicast)]
+    format: ExportFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// asciicast v2: plays in `asciinema play`.
+    Asciicast,
+    /// One JSON object per record, every byte kept (hex).
+    Jsonl,
+}
+
+#[derive(Args)]
 pub struct VerifyArgs {
-    /// Recording files; default: every recording in the recordings folder.
+    /// Recording files to verify (each also compared with its seal in the audit log);
+    /// default: everything (`--all`).
     paths: Vec<PathBuf>,
+    /// The audit log and every recording, cross-checked (the default without paths).
+    #[arg(long, conflicts_with = "paths")]
+    all: bool,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn recording_path(config: &Config, session: &str) -> PathBuf {
@@ -51,39 +78,120 @@ pub fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let path = recording_path(config, &args.session);
+    let rec =
+        recording::read_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(file) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(file).with_context(|| file.display().to_string())?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match args.format {
+        ExportFormat::Asciicast => recording::export::asciicast(&rec, &mut out)?,
+        ExportFormat::Jsonl => recording::export::jsonl(&rec, &mut out)?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let keys = crate::keys::load_key_ring(&config.data_dir)?;
-    let paths = if args.paths.is_empty() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&config.recordings_dir)
+    let report = if args.paths.is_empty() {
+        check::verify_all(&config.recordings_dir, &keys)
             .with_context(|| config.recordings_dir.display().to_string())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "dbr"))
-            .collect();
-        found.sort();
-        found
     } else {
-        args.paths
+        check::verify_paths(&args.paths, &config.recordings_dir, &keys)
     };
-    let mut failed = 0;
-    for path in &paths {
-        let report = recording::verify_file(path, &keys);
-        if report.ok() {
-            println!("OK\t{}\t{} records, sealed", path.display(), report.records);
-        } else {
-            failed += 1;
-            println!("FAIL\t{}", path.display());
-            for problem in &report.problems {
-                println!("\t{problem}");
-            }
-            if !report.sealed && report.problems.is_empty() {
-                println!("\tnot sealed");
-            }
-        }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json_report(&report))?);
+    } else {
+        print_report(&report);
     }
-    println!("{} recordings verified, {failed} failed", paths.len());
-    Ok(if failed == 0 {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+fn print_report(report: &FullReport) {
+    for c in report.segments.iter().chain(&report.recordings) {
+        let r = &c.report;
+        let path = r.path.display();
+        match c.status {
+            Status::Ok => println!("OK\t{path}\t{} records, sealed", r.records),
+            Status::Open => println!(
+                "OPEN\t{path}\t{} records, not sealed yet (being written)",
+                r.records
+            ),
+            Status::Failed => {
+                println!("FAIL\t{path}");
+                for problem in &r.problems {
+                    println!("\t{problem}");
+                }
+                if !r.sealed && r.problems.is_empty() {
+                    println!("\tnot sealed");
+                }
+            }
+        }
+    }
+    for f in &report.findings {
+        println!("FAIL\t{}\t{}", f.subject, f.what);
+    }
+    let failed = report
+        .recordings
+        .iter()
+        .filter(|c| c.status == Status::Failed)
+        .count();
+    println!(
+        "{} recordings verified, {failed} failed; {} audit-log segments; {} cross-check problems",
+        report.recordings.len(),
+        report.segments.len(),
+        report.findings.len()
+    );
+}
+
+#[derive(Serialize)]
+struct JsonFile {
+    path: String,
+    status: Status,
+    records: u64,
+    sealed: bool,
+    final_hash: Option<String>,
+    last_checkpoint: Option<u64>,
+    problems: Vec<JsonProblem>,
+}
+
+#[derive(Serialize)]
+struct JsonProblem {
+    record: Option<u64>,
+    what: String,
+}
+
+fn json_report(report: &FullReport) -> serde_json::Value {
+    let file = |c: &check::Checked| JsonFile {
+        path: c.report.path.display().to_string(),
+        status: c.status,
+        records: c.report.records,
+        sealed: c.report.sealed,
+        final_hash: c.report.final_hash.map(|h| recording::format::hex(&h)),
+        last_checkpoint: c.report.last_checkpoint,
+        problems: c
+            .report
+            .problems
+            .iter()
+            .map(|p| JsonProblem {
+                record: p.record,
+                what: p.what.clone(),
+            })
+            .collect(),
+    };
+    serde_json::json!({
+        "ok": report.ok(),
+        "audit_log": report.segments.iter().map(file).collect::<Vec<_>>(),
+        "recordings": report.recordings.iter().map(file).collect::<Vec<_>>(),
+        "findings": report.findings,
     })
 }

@@ -4,7 +4,9 @@
 mod access;
 mod admin;
 mod audit;
+mod audit_log;
 mod client;
+mod keys;
 mod policy;
 
 use std::path::PathBuf;
@@ -67,8 +69,16 @@ enum Command {
     Sessions(access::SessionsArgs),
     /// Play a recorded session back in the terminal.
     Replay(audit::ReplayArgs),
-    /// Verify recordings: framing, hash chain, signatures, seals.
+    /// Export a recording: asciicast v2 or JSON Lines.
+    Export(audit::ExportArgs),
+    /// Verify the audit log and recordings: framing, hash chain, checkpoints, seals, and
+    /// that every recording the audit log names exists with its sealed hash.
     Verify(audit::VerifyArgs),
+    /// Show the global audit log (logins, requests, decisions, sessions, recoveries).
+    Audit(audit_log::AuditArgs),
+    /// Manage the gateway's keys (on the gateway host).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -122,7 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy(c) => policy::run(&config()?, c).await,
             Command::Sessions(a) => access::sessions(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
+            Command::Export(a) => audit::export(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),
+            Command::Audit(a) => audit_log::audit(&config()?, a).await,
+            Command::Keys(c) => keys::keys(&config()?, c),
         }
     })
 }

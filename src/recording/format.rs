@@ -1,5 +1,5 @@
-//! The byte-level rules of the recording format, version 1: magic line, frames, the SHA-256
-//! chain, the canonical-encoding check and the seal's signature input.
+//! The byte-level rules of the recording format, version 2: magic line, frames, the SHA-256
+//! chain, the canonical-encoding check and the checkpoint and seal signature inputs.
 //!
 //! Architecture invariant: this module does no IO. Bytes in, bytes out; the writer, reader
 //! and verifier all go through these functions so they cannot drift apart, and
@@ -8,10 +8,10 @@
 use prost::Message;
 use ring::digest::{Context, SHA256, digest};
 
-use super::proto::{Record, Seal};
+use super::proto::{Checkpoint, Record, Seal};
 
-/// The first bytes of every v1 recording file.
-pub const MAGIC: &[u8] = b"DRAWBRIDGE-REC v1\n";
+/// The first bytes of every v2 recording file.
+pub const MAGIC: &[u8] = b"DRAWBRIDGE-REC v2\n";
 
 /// What every version's magic line starts with; used to tell "other version" from "not a
 /// recording at all".
@@ -28,10 +28,14 @@ pub const MAX_DATA_CHUNK: usize = 1024 * 1024;
 pub const LEN_PREFIX: usize = 4;
 
 /// Domain-separation prefix of the chain's starting value.
-pub const CHAIN_DOMAIN: &[u8] = b"drawbridge-rec-v1 chain\n";
+pub const CHAIN_DOMAIN: &[u8] = b"drawbridge-rec-v2 chain\n";
 
 /// Domain-separation prefix of the seal signature input.
-pub const SEAL_DOMAIN: &[u8] = b"drawbridge-rec-v1 seal\n";
+pub const SEAL_DOMAIN: &[u8] = b"drawbridge-rec-v2 seal\n";
+
+/// Domain-separation prefix of the checkpoint signature input, distinct from the seal's so
+/// that a checkpoint signature can never be passed off as a seal or the other way round.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"drawbridge-rec-v2 checkpoint\n";
 
 /// A chain value: SHA-256 output.
 pub type Hash = [u8; 32];
@@ -138,6 +142,23 @@ pub fn seal_message(seq: u64, time_us: u64, seal: &Seal) -> Vec<u8> {
     m.extend_from_slice(&seal.ended_at_unix_ms.to_be_bytes());
     put_str(&mut m, &seal.end_reason);
     put_str(&mut m, &seal.key_id);
+    m
+}
+
+/// The exact bytes a checkpoint's Ed25519 signature covers (see RECORDING.md, "Checkpoints"):
+///
+/// ```text
+/// CHECKPOINT_DOMAIN || chain_hash (32) || seq u64 || time_us u64 || records u64
+///   || len(key_id) u32 || key_id
+/// ```
+pub fn checkpoint_message(seq: u64, time_us: u64, checkpoint: &Checkpoint) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 32 + 24 + 4 + 16);
+    m.extend_from_slice(CHECKPOINT_DOMAIN);
+    m.extend_from_slice(&checkpoint.chain_hash);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&time_us.to_be_bytes());
+    m.extend_from_slice(&checkpoint.records.to_be_bytes());
+    put_str(&mut m, &checkpoint.key_id);
     m
 }
 

@@ -1,51 +1,72 @@
-//! Tamper-evident session recordings: one append-only file per session.
+//! Tamper-evident recordings: one append-only file per session, plus the global audit log
+//! in the same format.
 //!
 //! A recording is a magic line followed by length-framed protobuf `Record`s
 //! (`proto/recording.proto`), each carrying the SHA-256 chain value of everything before it,
-//! and ends with an Ed25519-signed `Seal`. Editing, removing, reordering or truncating
-//! anything is detected by [`verify_file`]. `proto/RECORDING.md` is the normative format
-//! specification, precise enough for an independent verifier.
+//! with Ed25519-signed checkpoints every N records or T milliseconds, ending with a signed
+//! `Seal`. Editing, removing, reordering or truncating anything is detected by
+//! [`verify_file`]; a deleted or replaced recording by [`check::verify_all`], against the
+//! seal hashes in the audit log. `proto/RECORDING.md` is the normative format specification,
+//! precise enough for an independent verifier.
 //!
 //! Code map:
-//! - [`format`]: the byte-level rules (magic, frames, chain, canonical encoding, seal input).
-//!   No IO.
+//! - [`format`]: the byte-level rules (magic, frames, chain, canonical encoding, signature
+//!   inputs). No IO.
 //! - [`key`]: [`RecordingKey`] (signing) and [`KeyRing`] (trusted public keys, rotation).
-//! - [`writer`]: [`Recorder`], the synchronous append-only writer a session holds, and
-//!   [`Recorder::seal_interrupted`] for recordings left unsealed by a crash.
-//! - [`reader`]: [`read_file`] for listing and replay, and the frame reader shared with
-//!   verification.
-//! - [`verify`]: [`verify_file`], which reports every break it finds.
+//! - [`writer`]: [`Recorder`], the synchronous append-only writer of one file, with
+//!   checkpoints.
+//! - [`queue`]: [`Writer`], the bounded queue and writer thread in front of a `Recorder`;
+//!   [`RecordSink`] is what relays record through.
+//! - [`audit`]: [`AuditLog`], the global audit log (segments, events, seal hashes).
+//! - [`recovery`]: [`Recorder::seal_interrupted`] and the restart sweep that seals what a
+//!   crash left open.
+//! - [`reader`]: [`read_file`] for listing, replay and export, and the frame reader shared
+//!   with verification.
+//! - [`verify`]: [`verify_file`], which reports every break in one file.
+//! - [`check`]: [`check::verify_all`], the audit log and every recording cross-checked.
 //! - [`replay`]: [`replay`] of terminal output at recorded speed.
+//! - [`export`]: asciicast v2 and JSON Lines.
 //!
-//! Architecture invariants: the writer never rewrites or seeks; the chain covers every byte
-//! of every frame except the seal's, and the seal's bytes are covered by its signature plus
-//! the canonical-encoding rule; verification never stops at the first problem.
+//! Architecture invariants: the writer never rewrites or seeks (recovery only cuts a torn
+//! tail, after checking every whole record); the chain covers every byte of every frame
+//! except the seal's, and the seal's bytes are covered by its signature plus the
+//! canonical-encoding rule; relays never touch the disk; verification never stops at the
+//! first problem.
 
+pub mod audit;
+pub mod check;
+pub mod export;
 pub mod format;
 pub mod key;
+pub mod queue;
 pub mod reader;
+pub mod recovery;
 pub mod replay;
 pub mod verify;
 pub mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_audit;
 
-/// Types generated from `proto/recording.proto` (package `drawbridge.recording.v1`).
+/// Types generated from `proto/recording.proto` (package `drawbridge.recording.v2`).
 #[allow(clippy::all)]
 pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/drawbridge.recording.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/drawbridge.recording.v2.rs"));
 }
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::AuditLog;
 pub use key::{KeyRing, RecordingKey, format_public_key, parse_public_key};
+pub use queue::{RecordSink, Writer};
 pub use reader::{Recording, read_file};
 pub use replay::replay;
 pub use verify::{Problem, VerifyReport, verify_file};
-pub use writer::{Recorder, SealSummary};
+pub use writer::{CheckpointPolicy, Recorder, SealSummary};
 
 /// File name extension of recordings: `<session_id>.dbr`.
 pub const FILE_EXTENSION: &str = "dbr";
@@ -110,4 +131,19 @@ pub enum RecordingError {
     Closed,
     #[error("replay speed must be a positive number, got {0}")]
     InvalidSpeed(f64),
+    /// Starts, checkpoints and seals are written by the recorder itself, and data must
+    /// come in chunks the frame limit allows.
+    #[error("this record body cannot be appended by a caller")]
+    ReservedBody,
+    /// The writer thread is behind by more than the queue allows (fail closed).
+    #[error("recording queue full ({limit} bytes waiting): the disk cannot keep up")]
+    Backlog { limit: usize },
+    /// The writer thread has stopped: it failed, or the recording was sealed.
+    #[error("the recording writer has stopped")]
+    WriterGone,
+}
+
+/// Wall-clock now in Unix milliseconds.
+pub(crate) fn unix_ms_now() -> i64 {
+    crate::time::now_ms()
 }

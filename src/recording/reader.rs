@@ -17,8 +17,6 @@ use super::{RecordingError, SessionMeta};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recording {
     pub path: PathBuf,
-    /// Format version from the magic line (always 1 for now).
-    pub version: u32,
     /// Every whole record, in file order.
     pub records: Vec<proto::Record>,
     /// The file ends in an incomplete frame, which was ignored.
@@ -70,7 +68,8 @@ pub(crate) struct FrameReader<R> {
 /// How the magic line compared.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Header {
-    V1,
+    /// The version this build reads and writes (v2).
+    Current,
     /// The file ends inside the magic line (or is empty).
     Truncated,
     /// A Drawbridge recording of another version (the line as found, lossily).
@@ -88,7 +87,7 @@ impl<R: Read> FrameReader<R> {
         let mut buf = vec![0u8; MAGIC.len()];
         let n = read_full(&mut self.inner, &mut buf)?;
         if buf[..n] == *MAGIC {
-            return Ok(Header::V1);
+            return Ok(Header::Current);
         }
         if MAGIC.starts_with(&buf[..n]) {
             return Ok(Header::Truncated);
@@ -156,7 +155,7 @@ pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
     };
     let mut frames = FrameReader::new(BufReader::new(File::open(path)?));
     match frames.header()? {
-        Header::V1 => {}
+        Header::Current => {}
         Header::Truncated => return Err(bad(None, "truncated magic line".into())),
         Header::OtherVersion(line) => {
             return Err(bad(None, format!("unsupported format version ({line:?})")));
@@ -190,7 +189,6 @@ pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
     }
     Ok(Recording {
         path: path.to_path_buf(),
-        version: 1,
         records,
         torn_tail,
     })

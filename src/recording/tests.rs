@@ -5,11 +5,23 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::format::{LEN_PREFIX, MAGIC};
-use super::proto::record::Body;
+use super::proto::{self, record::Body};
 use super::*;
+
+/// No checkpoints unless a test asks for them, so record positions are predictable.
+fn no_checkpoints() -> CheckpointPolicy {
+    CheckpointPolicy {
+        every_records: u64::MAX,
+        interval: Duration::from_secs(3600),
+    }
+}
+
+fn event(rec: &mut Recorder, body: Body) {
+    rec.append(Instant::now(), body).expect("append");
+}
 
 fn meta(id: &str) -> SessionMeta {
     SessionMeta {
@@ -33,9 +45,18 @@ fn new_key() -> (Arc<RecordingKey>, KeyRing) {
 /// Writes a small (~1.3 KB) but varied recording; returns the seal summary and the
 /// concatenated output.
 fn write_sample(dir: &Path, key: Arc<RecordingKey>) -> (SealSummary, Vec<u8>) {
-    let mut rec = Recorder::create(dir, &meta("s1"), key).expect("create");
+    let mut rec = Recorder::create(dir, &meta("s1"), key, no_checkpoints()).expect("create");
     let mut output = Vec::new();
-    rec.pty(0, "xterm-256color", 80, 24).expect("pty");
+    let term = "xterm-256color".to_string();
+    event(
+        &mut rec,
+        Body::Pty(proto::Pty {
+            channel: 0,
+            term,
+            cols: 80,
+            rows: 24,
+        }),
+    );
     rec.note("policy: allow (grant 42)").expect("note");
     for i in 0..8u32 {
         rec.input(0, format!("echo line {i}\r").as_bytes())
@@ -44,10 +65,29 @@ fn write_sample(dir: &Path, key: Arc<RecordingKey>) -> (SealSummary, Vec<u8>) {
         rec.output(i % 2, line.as_bytes()).expect("output");
         output.extend_from_slice(line.as_bytes());
     }
-    rec.resize(0, 120, 40).expect("resize");
-    rec.exec(1, "uname -a").expect("exec");
-    rec.exit_status(1, 0).expect("exit");
-    rec.flush().expect("flush");
+    event(
+        &mut rec,
+        Body::Resize(proto::Resize {
+            channel: 0,
+            cols: 120,
+            rows: 40,
+        }),
+    );
+    let command = "uname -a".to_string();
+    event(
+        &mut rec,
+        Body::Exec(proto::Exec {
+            channel: 1,
+            command,
+        }),
+    );
+    event(
+        &mut rec,
+        Body::ExitStatus(proto::ExitStatus {
+            channel: 1,
+            status: 0,
+        }),
+    );
     let summary = rec.seal("client closed").expect("seal");
     (summary, output)
 }
@@ -215,10 +255,10 @@ fn unknown_key_is_a_problem() {
 fn unsealed_and_torn_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, ring) = new_key();
-    let mut rec = Recorder::create(dir.path(), &meta("crash"), key).expect("create");
+    let mut rec =
+        Recorder::create(dir.path(), &meta("crash"), key, no_checkpoints()).expect("create");
     rec.output(0, b"hello\r\n").expect("output");
     rec.input(0, b"exit\r").expect("input");
-    rec.flush().expect("flush");
     let path = rec.path().to_path_buf();
     drop(rec); // the writer "crashes": no seal
 
@@ -244,13 +284,13 @@ fn unsealed_and_torn_files() {
 
     // Recovery on restart cuts the torn tail and seals; a second recovery is refused.
     let (new_key, mut new_ring) = new_key();
-    let summary =
-        Recorder::seal_interrupted(&path, new_key.clone(), "gateway restarted").expect("recover");
+    let summary = Recorder::seal_interrupted(&path, new_key.clone(), &ring, "gateway restarted")
+        .expect("recover");
     assert_eq!(summary.records, 4);
     let report = verify_file(&path, &new_ring);
     assert!(report.ok(), "{report}");
     assert_eq!(report.final_hash, Some(summary.final_hash));
-    assert!(Recorder::seal_interrupted(&path, new_key.clone(), "again").is_err());
+    assert!(Recorder::seal_interrupted(&path, new_key.clone(), &ring, "again").is_err());
     // Both keys in one ring (rotation): still OK.
     new_ring
         .insert(ring.get(ring.key_ids().next().expect("id")).expect("pk"))
@@ -258,10 +298,15 @@ fn unsealed_and_torn_files() {
     assert!(verify_file(&path, &new_ring).ok());
 
     // Recovery refuses to sign over an edited record.
-    let mut rec = Recorder::create(dir.path(), &meta("crash2"), new_key.clone()).expect("create");
+    let mut rec = Recorder::create(
+        dir.path(),
+        &meta("crash2"),
+        new_key.clone(),
+        no_checkpoints(),
+    )
+    .expect("create");
     rec.output(0, b"secret\r\n").expect("output");
     rec.note("x").expect("note");
-    rec.flush().expect("flush");
     let path = rec.path().to_path_buf();
     drop(rec);
     let mut bytes = fs::read(&path).expect("read");
@@ -269,7 +314,7 @@ fn unsealed_and_torn_files() {
     bytes[at] = b'S';
     fs::write(&path, &bytes).expect("write");
     assert!(matches!(
-        Recorder::seal_interrupted(&path, new_key, "restart"),
+        Recorder::seal_interrupted(&path, new_key, &new_ring, "restart"),
         Err(RecordingError::Format { .. })
     ));
 }
@@ -281,7 +326,7 @@ fn garbage_and_oversized_frames() {
     let path = dir.path().join("g.dbr");
     let report = verify_bytes(&path, b"hello world, not a recording", &ring);
     assert!(report.problems[0].what.contains("bad magic"), "{report}");
-    let report = verify_bytes(&path, b"DRAWBRIDGE-REC v2\n", &ring);
+    let report = verify_bytes(&path, b"DRAWBRIDGE-REC v1\n", &ring);
     assert!(report.problems[0].what.contains("unsupported"), "{report}");
     let mut huge = MAGIC.to_vec();
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -321,16 +366,16 @@ fn file_mode_and_creation_rules() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, ring) = new_key();
     let sub = dir.path().join("recordings/nested");
-    let rec = Recorder::create(&sub, &meta("m"), key.clone()).expect("create");
+    let rec = Recorder::create(&sub, &meta("m"), key.clone(), no_checkpoints()).expect("create");
     let mode = fs::metadata(rec.path()).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(matches!(
-        Recorder::create(&sub, &meta("m"), key.clone()),
+        Recorder::create(&sub, &meta("m"), key.clone(), no_checkpoints()),
         Err(RecordingError::Io(_))
     ));
     for id in ["", ".", "..", "a/b", ".hidden", "x\0y"] {
         assert!(matches!(
-            Recorder::create(&sub, &meta(id), key.clone()),
+            Recorder::create(&sub, &meta(id), key.clone(), no_checkpoints()),
             Err(RecordingError::InvalidSessionId(_))
         ));
     }
@@ -343,7 +388,8 @@ fn file_mode_and_creation_rules() {
 fn large_data_is_chunked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, ring) = new_key();
-    let mut rec = Recorder::create(dir.path(), &meta("big"), key).expect("create");
+    let mut rec =
+        Recorder::create(dir.path(), &meta("big"), key, no_checkpoints()).expect("create");
     let data: Vec<u8> = (0..(format::MAX_DATA_CHUNK * 5 / 2))
         .map(|i| i as u8)
         .collect();

@@ -3,9 +3,10 @@
 //! Checked, in one streaming pass: the magic line; framing (length limit, torn tail); that
 //! every record parses and is canonically encoded; `seq` counts up by one; each `prev_hash`
 //! equals the chain value computed from the bytes before it; `time_us` never decreases;
-//! exactly one `SessionStart`, as record 0; no unknown record types; and a `Seal` as the last
-//! record whose counts and final hash match and whose signature verifies under a key in the
-//! [`KeyRing`].
+//! exactly one start (`SessionStart` for a session, `LogStart` for an audit-log segment), as
+//! record 0; only the bodies of that kind of file; every `Checkpoint` matches the chain and
+//! its signature verifies; and a `Seal` as the last record whose counts and final hash match
+//! and whose signature verifies under a key in the [`KeyRing`].
 //!
 //! After a break the verifier resynchronises on the next record's own `seq` and
 //! `prev_hash`, so each edit is reported once, where it is detected, rather than as a
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Hash};
 use super::key::KeyRing;
-use super::proto::{Record, Seal, record::Body};
+use super::proto::{Checkpoint, Record, Seal, record::Body};
 use super::reader::{FrameReader, Header, NextFrame};
 
 /// Problems listed per report at most; a mangled file would otherwise list one per record.
@@ -44,16 +45,33 @@ impl fmt::Display for Problem {
     }
 }
 
+/// What record 0 says the file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    /// A session recording (`SessionStart`), with its session id.
+    Session(String),
+    /// An audit-log segment (`LogStart`): its number and the previous segment's final hash.
+    AuditSegment { segment: u64, previous: Vec<u8> },
+    /// Record 0 is missing or neither.
+    Unknown,
+}
+
 /// Outcome of [`verify_file`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     pub path: PathBuf,
+    pub kind: FileKind,
     /// Whole frames read, the seal included.
     pub records: u64,
     /// A seal was found (it may still have problems of its own).
     pub sealed: bool,
     /// The seal's final hash, to compare with the audit log's copy.
     pub final_hash: Option<[u8; 32]>,
+    /// Position of the last checkpoint whose signature verified: everything before it is
+    /// proven intact even if the file is unsealed.
+    pub last_checkpoint: Option<u64>,
+    /// The file ends inside a frame (a writer is mid-write, or crashed).
+    pub torn_tail: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -117,9 +135,12 @@ pub fn verify_file(path: &Path, keys: &KeyRing) -> VerifyReport {
         keys,
         report: VerifyReport {
             path: path.to_path_buf(),
+            kind: FileKind::Unknown,
             records: 0,
             sealed: false,
             final_hash: None,
+            last_checkpoint: None,
+            torn_tail: false,
             problems: Vec::new(),
         },
         chain: format::genesis_hash(),
@@ -140,7 +161,7 @@ impl Pass<'_> {
         };
         let mut frames = FrameReader::new(BufReader::new(file));
         match frames.header() {
-            Ok(Header::V1) => {}
+            Ok(Header::Current) => {}
             Ok(Header::Truncated) => {
                 return self
                     .report
@@ -154,7 +175,7 @@ impl Pass<'_> {
             Ok(Header::NotARecording) => {
                 return self
                     .report
-                    .problem(None, "bad magic: not a Drawbridge v1 recording");
+                    .problem(None, "bad magic: not a Drawbridge v2 recording");
             }
             Err(e) => return self.report.problem(None, format!("read error: {e}")),
         }
@@ -168,6 +189,7 @@ impl Pass<'_> {
                 Ok(NextFrame::End) => break,
                 Ok(NextFrame::Torn { have, need }) => {
                     let what = format!("truncated frame, {have} of {need} bytes (torn tail)");
+                    self.report.torn_tail = true;
                     return self.report.problem(Some(index), what);
                 }
                 Ok(NextFrame::TooLong(len)) => {
@@ -179,7 +201,7 @@ impl Pass<'_> {
         }
         if self.report.records == 0 {
             self.report
-                .problem(None, "no records (a recording starts with a SessionStart)");
+                .problem(None, "no records (a recording starts with a start record)");
         }
     }
 
@@ -225,19 +247,75 @@ impl Pass<'_> {
     }
 
     fn body(&mut self, index: u64, record: &Record, prev: &Hash) {
-        let is_start = matches!(record.body, Some(Body::Start(_)));
-        if index == 0 && !is_start {
-            self.report
-                .problem(Some(0), "record 0 is not a SessionStart");
-        } else if index != 0 && is_start {
-            self.report.problem(Some(index), "a second SessionStart");
+        let is_start = matches!(record.body, Some(Body::Start(_) | Body::LogStart(_)));
+        if index == 0 {
+            self.report.kind = match &record.body {
+                Some(Body::Start(s)) => FileKind::Session(s.session_id.clone()),
+                Some(Body::LogStart(l)) => FileKind::AuditSegment {
+                    segment: l.segment,
+                    previous: l.previous_final_hash.clone(),
+                },
+                _ => {
+                    let what = "record 0 is not a SessionStart or LogStart";
+                    return self.report.problem(Some(0), what);
+                }
+            };
+        } else if is_start {
+            return self.report.problem(Some(index), "a second start record");
         }
+        let audit = matches!(self.report.kind, FileKind::AuditSegment { .. });
         match &record.body {
             None => self.report.problem(Some(index), "record has no known body"),
             Some(Body::Output(d)) => self.output_bytes += d.data.len() as u64,
             Some(Body::Input(d)) => self.input_bytes += d.data.len() as u64,
             Some(Body::Seal(seal)) => self.seal(index, record, seal, prev),
+            Some(Body::Checkpoint(c)) => self.checkpoint(index, record, c, prev),
+            Some(Body::Event(_) | Body::Sealed(_)) if !audit => {
+                let what = "an audit-log entry inside a session recording";
+                self.report.problem(Some(index), what);
+            }
             Some(_) => {}
+        }
+        let session_only = matches!(
+            record.body,
+            Some(
+                Body::Resize(_)
+                    | Body::Exec(_)
+                    | Body::Pty(_)
+                    | Body::ExitStatus(_)
+                    | Body::Output(_)
+                    | Body::Input(_)
+            )
+        );
+        if audit && session_only {
+            self.report
+                .problem(Some(index), "a session event inside an audit-log segment");
+        }
+    }
+
+    fn checkpoint(&mut self, index: u64, record: &Record, c: &Checkpoint, prev: &Hash) {
+        let mut ok = true;
+        if c.records != index {
+            let what = format!(
+                "checkpoint counts {} records, {index} precede it",
+                c.records
+            );
+            self.report.problem(Some(index), what);
+            ok = false;
+        }
+        if c.chain_hash != prev {
+            let what = "checkpoint's chain hash does not match the chain (a record was altered)";
+            self.report.problem(Some(index), what);
+            ok = false;
+        }
+        let message = format::checkpoint_message(record.seq, record.time_us, c);
+        if let Err(what) = self.keys.verify(&c.key_id, &message, &c.signature) {
+            self.report
+                .problem(Some(index), format!("checkpoint: {what}"));
+            ok = false;
+        }
+        if ok {
+            self.report.last_checkpoint = Some(index);
         }
     }
 

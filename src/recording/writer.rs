@@ -1,25 +1,47 @@
-//! [`Recorder`]: the append-only writer of one session's recording.
+//! [`Recorder`]: the append-only writer of one recording file (a session's recording or one
+//! audit-log segment).
 //!
-//! Synchronous on purpose: each call encodes one record and hands it to a `BufWriter`, so it
-//! is cheap enough to call from a relay loop under a `Mutex`. Durability points are explicit:
-//! [`Recorder::flush`] (flush + fdatasync) and [`Recorder::seal`] (flush + fsync). A crash
-//! loses at most what was written since the last flush; whatever reached the disk still
-//! verifies, as an unsealed recording.
+//! Synchronous on purpose: it runs on a dedicated writer thread ([`super::queue`]) so the
+//! relay never waits on the disk, and tests and recovery can drive it directly. Durability
+//! points are explicit and signed: every `every_records` records, or when `interval` has
+//! passed since the last one with records pending, the writer appends a [`Checkpoint`]
+//! (an Ed25519 signature over the chain value) and `fdatasync`s (group commit); the seal
+//! `fsync`s. A crash loses at most what follows the last checkpoint, and whatever reached the
+//! disk still verifies, as an unsealed recording that restart recovery seals.
 //!
 //! Fail closed: after any write error the recorder is poisoned and refuses further records,
 //! because the file's tail is then unknown and later records would not chain.
+//!
+//! [`Checkpoint`]: super::proto::Checkpoint
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::format::{self, Hash, MAGIC, MAX_DATA_CHUNK};
 use super::proto::{self, record::Body};
-use super::reader::{FrameReader, Header, NextFrame};
-use super::{FILE_EXTENSION, RecordingError, RecordingKey, SessionMeta};
+use super::{FILE_EXTENSION, RecordingError, RecordingKey, SessionMeta, unix_ms_now};
+
+/// When the writer signs a checkpoint and syncs the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// A checkpoint after this many records (at least 1).
+    pub every_records: u64,
+    /// ...or once this long has passed since the last one and records are pending.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_records: 1000,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
 
 /// What [`Recorder::seal`] wrote; the gateway copies `final_hash` into the audit log so a
 /// deleted or replaced recording is detected.
@@ -32,18 +54,42 @@ pub struct SealSummary {
     pub path: PathBuf,
 }
 
-/// Writer of one recording file. Not `Sync`; wrap it in a `Mutex` to share it.
+/// Where a writer stands: enough to continue a file (used by crash recovery).
+#[derive(Debug, Clone)]
+pub(crate) struct Position {
+    /// Chain value before the next record.
+    pub chain: Hash,
+    /// Seq of the next record.
+    pub seq: u64,
+    pub output_bytes: u64,
+    pub input_bytes: u64,
+    pub last_time_us: u64,
+}
+
+impl Position {
+    fn genesis() -> Position {
+        Position {
+            chain: format::genesis_hash(),
+            seq: 0,
+            output_bytes: 0,
+            input_bytes: 0,
+            last_time_us: 0,
+        }
+    }
+}
+
+/// Writer of one recording file. Not `Sync`; one thread owns it.
 pub struct Recorder {
     out: BufWriter<File>,
     path: PathBuf,
     key: Arc<RecordingKey>,
+    policy: CheckpointPolicy,
+    /// `time_us` is measured from here.
     started: Instant,
-    /// Chain value before the next record.
-    chain: Hash,
-    /// Seq of the next record.
-    seq: u64,
-    output_bytes: u64,
-    input_bytes: u64,
+    pos: Position,
+    /// Records appended since the last checkpoint (or since the file was opened).
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
     poisoned: bool,
     sealed: bool,
 }
@@ -52,7 +98,7 @@ impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
             .field("path", &self.path)
-            .field("seq", &self.seq)
+            .field("seq", &self.pos.seq)
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
@@ -68,45 +114,20 @@ fn usable_session_id(id: &str) -> bool {
         && !id.starts_with('.')
 }
 
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl Recorder {
     /// Creates `dir/<session_id>.dbr` (mode 0600; `dir` is created with mode 0700 if
-    /// missing), writes the magic line and the `SessionStart` record, and flushes them to
-    /// disk. Refuses to overwrite an existing file.
+    /// missing), writes the magic line and the `SessionStart` record, and syncs them and the
+    /// directory entry. Refuses to overwrite an existing file.
     pub fn create(
         dir: &Path,
         meta: &SessionMeta,
         key: Arc<RecordingKey>,
+        policy: CheckpointPolicy,
     ) -> Result<Recorder, RecordingError> {
         if !usable_session_id(&meta.session_id) {
             return Err(RecordingError::InvalidSessionId(meta.session_id.clone()));
         }
-        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let path = dir.join(format!("{}.{FILE_EXTENSION}", meta.session_id));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let mut rec = Recorder {
-            out: BufWriter::with_capacity(64 * 1024, file),
-            path,
-            started: Instant::now(),
-            chain: format::genesis_hash(),
-            seq: 0,
-            output_bytes: 0,
-            input_bytes: 0,
-            poisoned: false,
-            sealed: false,
-            key,
-        };
-        let start = proto::SessionStart {
+        let start = Body::Start(proto::SessionStart {
             session_id: meta.session_id.clone(),
             user: meta.user.clone(),
             target: meta.target.clone(),
@@ -114,14 +135,66 @@ impl Recorder {
             protocol: meta.protocol.clone(),
             grant_id: meta.grant_id,
             started_at_unix_ms: meta.started_at_unix_ms,
-            key_id: rec.key.key_id().to_string(),
-        };
+            key_id: key.key_id().to_string(),
+        });
+        let path = dir.join(format!("{}.{FILE_EXTENSION}", meta.session_id));
+        Self::create_file(dir, path, start, key, policy)
+    }
+
+    /// Creates a new audit-log segment at `dir/<name>` starting with `start`.
+    pub(crate) fn create_log(
+        dir: &Path,
+        name: &str,
+        start: proto::LogStart,
+        key: Arc<RecordingKey>,
+        policy: CheckpointPolicy,
+    ) -> Result<Recorder, RecordingError> {
+        Self::create_file(dir, dir.join(name), Body::LogStart(start), key, policy)
+    }
+
+    fn create_file(
+        dir: &Path,
+        path: PathBuf,
+        first: Body,
+        key: Arc<RecordingKey>,
+        policy: CheckpointPolicy,
+    ) -> Result<Recorder, RecordingError> {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let mut rec = Recorder::resume(file, path, key, policy, Position::genesis());
         rec.write_or_poison(MAGIC)?;
-        rec.append(Body::Start(start))?;
-        rec.flush()?;
+        rec.append_at(0, first)?;
+        rec.sync()?;
         // Make the new directory entry durable too, so a crash cannot lose the whole file.
         File::open(dir)?.sync_all()?;
         Ok(rec)
+    }
+
+    /// A recorder continuing `file` (opened for appending, cut to its last whole record)
+    /// from `pos`.
+    pub(crate) fn resume(
+        file: File,
+        path: PathBuf,
+        key: Arc<RecordingKey>,
+        policy: CheckpointPolicy,
+        pos: Position,
+    ) -> Recorder {
+        Recorder {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            path,
+            key,
+            policy,
+            started: Instant::now(),
+            pos,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            poisoned: false,
+            sealed: false,
+        }
     }
 
     /// The recording file.
@@ -129,12 +202,36 @@ impl Recorder {
         &self.path
     }
 
-    /// Bytes from the upstream towards the engineer.
+    /// Appends one record that happened at `at`, then a checkpoint if one is due by count.
+    /// Only event bodies are accepted: starts, checkpoints and seals are the writer's own.
+    pub fn append(&mut self, at: Instant, body: Body) -> Result<(), RecordingError> {
+        match &body {
+            Body::Start(_) | Body::LogStart(_) | Body::Checkpoint(_) | Body::Seal(_) => {
+                return Err(RecordingError::ReservedBody);
+            }
+            Body::Output(d) if d.data.len() > MAX_DATA_CHUNK => {
+                return Err(RecordingError::ReservedBody);
+            }
+            Body::Input(d) if d.data.len() > MAX_DATA_CHUNK => {
+                return Err(RecordingError::ReservedBody);
+            }
+            _ => {}
+        }
+        let time_us = u64::try_from(at.saturating_duration_since(self.started).as_micros())
+            .unwrap_or(u64::MAX);
+        self.append_at(time_us, body)?;
+        if self.since_checkpoint >= self.policy.every_records {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes from the upstream towards the engineer, split into chunks of at most
+    /// [`MAX_DATA_CHUNK`].
     pub fn output(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             let data = chunk.to_vec();
-            self.append(Body::Output(proto::Data { channel, data }))?;
-            self.output_bytes += chunk.len() as u64;
+            self.append(Instant::now(), Body::Output(proto::Data { channel, data }))?;
         }
         Ok(())
     }
@@ -143,58 +240,37 @@ impl Recorder {
     pub fn input(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             let data = chunk.to_vec();
-            self.append(Body::Input(proto::Data { channel, data }))?;
-            self.input_bytes += chunk.len() as u64;
+            self.append(Instant::now(), Body::Input(proto::Data { channel, data }))?;
         }
         Ok(())
     }
 
-    pub fn pty(
-        &mut self,
-        channel: u32,
-        term: &str,
-        cols: u32,
-        rows: u32,
-    ) -> Result<(), RecordingError> {
-        let term = term.to_string();
-        self.append(Body::Pty(proto::Pty {
-            channel,
-            term,
-            cols,
-            rows,
-        }))
-    }
-
-    pub fn resize(&mut self, channel: u32, cols: u32, rows: u32) -> Result<(), RecordingError> {
-        self.append(Body::Resize(proto::Resize {
-            channel,
-            cols,
-            rows,
-        }))
-    }
-
-    pub fn exec(&mut self, channel: u32, command: &str) -> Result<(), RecordingError> {
-        let command = command.to_string();
-        self.append(Body::Exec(proto::Exec { channel, command }))
-    }
-
-    pub fn exit_status(&mut self, channel: u32, status: u32) -> Result<(), RecordingError> {
-        self.append(Body::ExitStatus(proto::ExitStatus { channel, status }))
-    }
-
     pub fn note(&mut self, text: &str) -> Result<(), RecordingError> {
         let text = text.to_string();
-        self.append(Body::Note(proto::Note { text }))
+        self.append(Instant::now(), Body::Note(proto::Note { text }))
     }
 
-    /// Pushes buffered records to the file and `fdatasync`s it.
-    pub fn flush(&mut self) -> Result<(), RecordingError> {
-        self.check_usable()?;
-        let res = self
-            .out
-            .flush()
-            .and_then(|()| self.out.get_ref().sync_data());
-        self.poison_on_err(res)
+    /// When a checkpoint falls due by time, if records are waiting for one.
+    pub fn checkpoint_deadline(&self) -> Option<Instant> {
+        (self.since_checkpoint > 0).then(|| self.last_checkpoint + self.policy.interval)
+    }
+
+    /// Signs the chain value so far into a checkpoint record and syncs the file.
+    pub fn checkpoint(&mut self) -> Result<(), RecordingError> {
+        let time_us = self.now_us();
+        let mut checkpoint = proto::Checkpoint {
+            records: self.pos.seq,
+            key_id: self.key.key_id().to_string(),
+            chain_hash: self.pos.chain.to_vec(),
+            signature: Vec::new(),
+        };
+        let message = format::checkpoint_message(self.pos.seq, time_us, &checkpoint);
+        checkpoint.signature = self.key.sign(&message);
+        self.append_at(time_us, Body::Checkpoint(checkpoint))?;
+        self.sync()?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     /// Writes the signed seal, flushes and `fsync`s. The recording is complete afterwards.
@@ -203,31 +279,13 @@ impl Recorder {
         self.write_seal(time_us, end_reason)
     }
 
-    /// Seals a recording whose writer stopped without sealing (gateway crash), as done on
-    /// restart. The whole records are checked first (chain, seq, start) and the recovery is
-    /// refused if any is broken or the file is already sealed: recovery must never sign over
-    /// tampering. A torn tail is cut off; the seal gets the last record's time.
-    pub fn seal_interrupted(
-        path: &Path,
-        key: Arc<RecordingKey>,
+    /// Seals at the last record's time (crash recovery: the real end is unknown).
+    pub(crate) fn seal_at_last_record(
+        mut self,
         end_reason: &str,
     ) -> Result<SealSummary, RecordingError> {
-        let state = scan_unsealed(path)?;
-        let file = OpenOptions::new().append(true).open(path)?;
-        file.set_len(state.end)?;
-        let mut rec = Recorder {
-            out: BufWriter::new(file),
-            path: path.to_path_buf(),
-            key,
-            started: Instant::now(),
-            chain: state.chain,
-            seq: state.seq,
-            output_bytes: state.output_bytes,
-            input_bytes: state.input_bytes,
-            poisoned: false,
-            sealed: false,
-        };
-        rec.write_seal(state.last_time_us, end_reason)
+        let time_us = self.pos.last_time_us;
+        self.write_seal(time_us, end_reason)
     }
 
     fn write_seal(
@@ -235,12 +293,12 @@ impl Recorder {
         time_us: u64,
         end_reason: &str,
     ) -> Result<SealSummary, RecordingError> {
-        let final_hash = self.chain;
-        let seq = self.seq;
+        let final_hash = self.pos.chain;
+        let seq = self.pos.seq;
         let mut seal = proto::Seal {
             records: seq,
-            output_bytes: self.output_bytes,
-            input_bytes: self.input_bytes,
+            output_bytes: self.pos.output_bytes,
+            input_bytes: self.pos.input_bytes,
             ended_at_unix_ms: unix_ms_now(),
             end_reason: end_reason.to_string(),
             key_id: self.key.key_id().to_string(),
@@ -256,7 +314,7 @@ impl Recorder {
         self.poison_on_err(res)?;
         self.sealed = true;
         Ok(SealSummary {
-            records: self.seq,
+            records: self.pos.seq,
             final_hash,
             path: self.path.clone(),
         })
@@ -266,29 +324,47 @@ impl Recorder {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn append(&mut self, body: Body) -> Result<(), RecordingError> {
-        let time_us = self.now_us();
-        self.append_at(time_us, body)
-    }
-
-    /// Encodes one record chained to the previous one and buffers it.
+    /// Encodes one record chained to the previous one and buffers it. `time_us` is raised
+    /// to the previous record's if need be: events from several relay tasks may reach the
+    /// queue slightly out of timestamp order, and the format requires time never to go back.
     fn append_at(&mut self, time_us: u64, body: Body) -> Result<(), RecordingError> {
-        self.check_usable()?;
+        if self.poisoned || self.sealed {
+            return Err(RecordingError::Poisoned(self.path.clone()));
+        }
+        let time_us = time_us.max(self.pos.last_time_us);
+        let counted = match &body {
+            Body::Output(d) => (d.data.len() as u64, 0),
+            Body::Input(d) => (0, d.data.len() as u64),
+            _ => (0, 0),
+        };
         let record = proto::Record {
-            seq: self.seq,
+            seq: self.pos.seq,
             time_us,
-            prev_hash: self.chain.to_vec(),
+            prev_hash: self.pos.chain.to_vec(),
             body: Some(body),
         };
         let frame = format::encode_frame(&record).map_err(|too_long| RecordingError::Format {
             path: self.path.clone(),
-            record: Some(self.seq),
+            record: Some(self.pos.seq),
             what: format!("record of {} bytes exceeds the frame limit", too_long.0),
         })?;
         self.write_or_poison(&frame)?;
-        self.chain = format::chain_next(&self.chain, &frame);
-        self.seq += 1;
+        self.pos.chain = format::chain_next(&self.pos.chain, &frame);
+        self.pos.seq += 1;
+        self.pos.output_bytes += counted.0;
+        self.pos.input_bytes += counted.1;
+        self.pos.last_time_us = time_us;
+        self.since_checkpoint += 1;
         Ok(())
+    }
+
+    /// Pushes buffered records to the file and `fdatasync`s it.
+    fn sync(&mut self) -> Result<(), RecordingError> {
+        let res = self
+            .out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data());
+        self.poison_on_err(res)
     }
 
     fn write_or_poison(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
@@ -303,13 +379,6 @@ impl Recorder {
             RecordingError::Io(e)
         })
     }
-
-    fn check_usable(&self) -> Result<(), RecordingError> {
-        if self.poisoned || self.sealed {
-            return Err(RecordingError::Poisoned(self.path.clone()));
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Recorder {
@@ -319,78 +388,9 @@ impl Drop for Recorder {
         if !self.sealed {
             tracing::warn!(
                 path = %self.path.display(),
-                records = self.seq,
+                records = self.pos.seq,
                 "recording closed without a seal"
             );
         }
     }
-}
-
-/// Where an unsealed recording stands after its last whole record.
-struct Unsealed {
-    /// Byte length of the magic line and all whole frames.
-    end: u64,
-    chain: Hash,
-    seq: u64,
-    output_bytes: u64,
-    input_bytes: u64,
-    last_time_us: u64,
-}
-
-/// Walks an unsealed recording, checking each whole record as the verifier would.
-fn scan_unsealed(path: &Path) -> Result<Unsealed, RecordingError> {
-    let refuse = |record: Option<u64>, what: String| RecordingError::Format {
-        path: path.to_path_buf(),
-        record,
-        what: format!("cannot seal: {what}"),
-    };
-    let mut frames = FrameReader::new(BufReader::new(File::open(path)?));
-    if frames.header()? != Header::V1 {
-        return Err(refuse(None, "not a v1 recording".into()));
-    }
-    let mut st = Unsealed {
-        end: MAGIC.len() as u64,
-        chain: format::genesis_hash(),
-        seq: 0,
-        output_bytes: 0,
-        input_bytes: 0,
-        last_time_us: 0,
-    };
-    loop {
-        let frame = match frames.next_frame()? {
-            NextFrame::Frame(frame) => frame,
-            NextFrame::End => break,
-            NextFrame::Torn { .. } => {
-                tracing::warn!(path = %path.display(), record = st.seq, "cutting off a torn tail");
-                break;
-            }
-            NextFrame::TooLong(len) => {
-                return Err(refuse(Some(st.seq), format!("frame length {len}")));
-            }
-        };
-        let at = Some(st.seq);
-        let record = format::decode_record(&frame).map_err(|w| refuse(at, w))?;
-        if record.seq != st.seq || record.prev_hash != st.chain || record.time_us < st.last_time_us
-        {
-            return Err(refuse(at, "chain, seq or time broken".into()));
-        }
-        match (&record.body, st.seq) {
-            (Some(Body::Start(_)), 0) => {}
-            (_, 0) | (Some(Body::Start(_)), _) | (None, _) => {
-                return Err(refuse(at, "unexpected record type".into()));
-            }
-            (Some(Body::Seal(_)), _) => return Err(refuse(at, "already sealed".into())),
-            (Some(Body::Output(d)), _) => st.output_bytes += d.data.len() as u64,
-            (Some(Body::Input(d)), _) => st.input_bytes += d.data.len() as u64,
-            _ => {}
-        }
-        st.chain = format::chain_next(&st.chain, &frame);
-        st.seq += 1;
-        st.end += frame.len() as u64;
-        st.last_time_us = record.time_us;
-    }
-    if st.seq == 0 {
-        return Err(refuse(None, "no records".into()));
-    }
-    Ok(st)
 }

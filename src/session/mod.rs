@@ -14,7 +14,7 @@ mod registry;
 
 pub use enforce::enforce;
 pub use error::{SessionError, Side, UpstreamError};
-pub use pipeline::{Established, Pipeline, SessionHandle, Upstream};
+pub use pipeline::{Established, Pipeline, RecordingSetup, SessionHandle, Upstream};
 pub use registry::{EndReason, LiveInfo, LiveSession, Registry};
 
 /// A short random id, e.g. `s-3f9a1c0b7d2e4f60`; names the recording file too.

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, Authorization};
+use crate::config::RecordingConfig;
 use crate::credentials::{AssertionSigner, Credential, SshCertificateAuthority};
 use crate::identity::Identity;
-use crate::recording::{Recorder, RecordingError, RecordingKey, SessionMeta};
+use crate::recording::{
+    AuditLog, RecordSink, Recorder, RecordingError, RecordingKey, SessionMeta, Writer,
+};
 use crate::store::{SessionRow, Store, Target};
 use crate::time;
 
@@ -33,7 +36,17 @@ pub struct Pipeline {
     http_signer: Arc<AssertionSigner>,
     recordings_dir: PathBuf,
     recording_key: Arc<RecordingKey>,
+    recording: RecordingConfig,
+    audit: AuditLog,
     registry: Registry,
+}
+
+/// Where and how sessions are recorded.
+pub struct RecordingSetup {
+    pub dir: PathBuf,
+    pub key: Arc<RecordingKey>,
+    pub config: RecordingConfig,
+    pub audit: AuditLog,
 }
 
 /// A session that passed every stage: the upstream connection, and the handle
@@ -46,9 +59,11 @@ pub struct Established<C> {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: String,
-    recorder: Arc<Mutex<Option<Recorder>>>,
+    /// `None` once the session is finished. The lock is held only to queue an event.
+    writer: Arc<Mutex<Option<Writer>>>,
     live: LiveSession,
     store: Arc<dyn Store>,
+    audit: AuditLog,
     registry: Registry,
 }
 
@@ -58,8 +73,7 @@ impl Pipeline {
         access: Arc<Access>,
         ssh_ca: SshCertificateAuthority,
         http_signer: Arc<AssertionSigner>,
-        recordings_dir: PathBuf,
-        recording_key: Arc<RecordingKey>,
+        recording: RecordingSetup,
         registry: Registry,
     ) -> Self {
         Pipeline {
@@ -67,8 +81,10 @@ impl Pipeline {
             access,
             ssh_ca,
             http_signer,
-            recordings_dir,
-            recording_key,
+            recordings_dir: recording.dir,
+            recording_key: recording.key,
+            recording: recording.config,
+            audit: recording.audit,
             registry,
         }
     }
@@ -153,11 +169,13 @@ impl Pipeline {
             grant_id: auth.grant().map(|g| g.id()),
             started_at_unix_ms: time::now_ms(),
         };
-        let mut recorder =
-            Recorder::create(&self.recordings_dir, &meta, self.recording_key.clone())?;
+        let writer = self.start_recording(&meta).await?;
         if let Some(grant) = auth.grant().filter(|g| g.break_glass()) {
-            recorder.note(&format!("BREAK-GLASS grant {}", grant.id()))?;
+            writer
+                .sink()
+                .note(&format!("BREAK-GLASS grant {}", grant.id()))?;
         }
+        let recording_path = self.recordings_dir.join(format!("{id}.dbr"));
         self.store
             .insert_session(&SessionRow {
                 id: id.to_string(),
@@ -169,7 +187,7 @@ impl Pipeline {
                 started_at,
                 ended_at: None,
                 end_reason: None,
-                recording: recorder.path().display().to_string(),
+                recording: recording_path.display().to_string(),
             })
             .await?;
         let live = self.registry.register(LiveInfo {
@@ -185,11 +203,55 @@ impl Pipeline {
         });
         Ok(SessionHandle {
             id: id.to_string(),
-            recorder: Arc::new(Mutex::new(Some(recorder))),
+            writer: Arc::new(Mutex::new(Some(writer))),
             live,
             store: self.store.clone(),
+            audit: self.audit.clone(),
             registry: self.registry.clone(),
         })
+    }
+
+    /// Creates the recording and its writer thread, then makes the session's start durable
+    /// in the audit log. Without the audit entry the session is refused (fail closed) and
+    /// its recording sealed at once, so every recording is named in the audit log.
+    async fn start_recording(&self, meta: &SessionMeta) -> Result<Writer, SessionError> {
+        let recorder = Recorder::create(
+            &self.recordings_dir,
+            meta,
+            self.recording_key.clone(),
+            self.recording.policy(),
+        )?;
+        let (registry, id) = (self.registry.clone(), meta.session_id.clone());
+        // Runs on the writer thread when a write fails, even while the relay is idle.
+        let on_failure = Box::new(move |why: &str| {
+            tracing::error!(session = %id, why, "recording failed; ending the session");
+            registry.end_where(|i| i.id == id, EndReason::RecordingFailed);
+        });
+        let writer = Writer::spawn(recorder, self.recording.queue_bytes, on_failure)?;
+        let details = format!(
+            "{}@{} via {}{}",
+            meta.login,
+            meta.target,
+            meta.protocol,
+            meta.grant_id
+                .map(|g| format!(", grant {g}"))
+                .unwrap_or_default()
+        );
+        let logged = match self
+            .audit
+            .event("session.start", &meta.user, &meta.session_id, &details)
+        {
+            Ok(()) => self.audit.sync().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = logged {
+            tracing::error!(session = %meta.session_id, error = %e, "audit log unavailable; refusing the session");
+            if let Err(e) = writer.seal("refused: the audit log is unavailable").await {
+                tracing::error!(session = %meta.session_id, error = %e, "sealing failed");
+            }
+            return Err(SessionError::Recording(e));
+        }
+        Ok(writer)
     }
 }
 
@@ -213,36 +275,48 @@ impl SessionHandle {
         self.registry.end_where(|i| i.id == self.id, reason);
     }
 
-    /// Appends to the recording. Fails once the session is finished, and on any
-    /// write error: the relay must then end the session (fail closed).
+    /// Queues events for the recording; never waits on the disk. Fails once the session
+    /// is finished, when the queue is full and on any earlier write error: the relay must
+    /// then end the session (fail closed).
     pub fn record(
         &self,
-        write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>,
+        write: impl FnOnce(&mut RecordSink<'_>) -> Result<(), RecordingError>,
     ) -> Result<(), RecordingError> {
-        // Held only for one buffered write; never across an await.
-        let mut guard = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_mut() {
-            Some(recorder) => write(recorder),
+        // Held only to queue (no IO); never across an await.
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(writer) => write(&mut writer.sink()),
             None => Err(RecordingError::Closed),
         }
     }
 
     /// Seals the recording, marks the session ended and unregisters it. Safe to
     /// call more than once; only the first call does anything.
+    ///
+    /// The seal hash is durable in the audit log before the session is marked ended in the
+    /// store, so anyone who sees it ended can verify it against the audit log.
     pub async fn finish(&self, reason: &str) {
-        let recorder = self
-            .recorder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(recorder) = recorder else { return };
-        match recorder.seal(reason) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(writer) = writer else { return };
+        let audit = &self.audit;
+        let id = self.id.as_str();
+        let mut logged = Ok(());
+        if let Some(why) = writer.failure() {
+            logged = audit.event("recording.failed", "gateway", id, &why);
+        }
+        match writer.seal(reason).await {
             Ok(seal) => {
-                tracing::info!(session = %self.id, records = seal.records, reason, "session ended")
+                tracing::info!(session = %id, records = seal.records, reason, "session ended");
+                logged = logged.and(audit.session_sealed(id, &seal, reason, false));
             }
             Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "sealing the recording failed")
+                tracing::error!(session = %id, error = %e, "sealing the recording failed");
+                let details = format!("{reason}; recording not sealed: {e}");
+                logged = logged.and(audit.event("session.end", "gateway", id, &details));
             }
+        }
+        if let Err(e) = logged.and(audit.sync().await) {
+            tracing::error!(session = %id, error = %e, "audit log entry for the session end failed");
         }
         if let Err(e) = self.store.end_session(&self.id, time::now(), reason).await {
             tracing::error!(session = %self.id, error = %e, "cannot mark session ended");

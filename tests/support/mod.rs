@@ -129,6 +129,8 @@ pub struct Gateway {
     pub config: PathBuf,
     pub ssh_port: u16,
     pub api_addr: String,
+    /// Extra config sections appended after `[ssh]` and `[api]`.
+    extra_config: String,
     child: Child,
 }
 
@@ -137,56 +139,38 @@ impl Gateway {
         Gateway::start_with("")
     }
 
-    /// Starts with `extra` (TOML, top-level keys or whole tables) put before the test config.
+    /// Starts with `extra` (TOML: top-level keys and whole tables, e.g. a
+    /// `[recording]` section) put before the test's own listener settings.
     pub fn start_with(extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "{extra}\n[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
-            ),
-        )
-        .expect("config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("DRAWBRIDGE_CONFIG", &config)
-            .env("DRAWBRIDGE_LOG", "info,drawbridge=debug,russh=warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn gateway");
-        let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        let (mut ssh_port, mut api_addr) = (None, None);
-        while ssh_port.is_none() || api_addr.is_none() {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| {
-                    panic!(
-                        "gateway exited: {}",
-                        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-                    )
-                })
-                .expect("read");
-            if let Some(addr) = line.strip_prefix("drawbridge: ssh listening on ") {
-                ssh_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
-            }
-            if let Some(addr) = line.strip_prefix("drawbridge: https listening on ") {
-                api_addr = Some(addr.to_string());
-            }
-        }
-        // Keep draining stdout so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        write_config(&config, "127.0.0.1:0", "127.0.0.1:0", extra);
+        let (child, ssh_port, api_addr) = spawn_gateway(dir.path(), &config);
         Gateway {
             config,
-            ssh_port: ssh_port.expect("ssh port"),
-            api_addr: api_addr.expect("api addr"),
+            ssh_port,
+            api_addr,
+            extra_config: extra.to_string(),
             child,
             dir,
         }
+    }
+
+    /// `kill -9`: the gateway gets no chance to seal anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the gateway again on the same folder and the same ports, so saved logins and
+    /// known_hosts files stay valid.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let ssh = format!("127.0.0.1:{}", self.ssh_port);
+        write_config(&self.config, &ssh, &self.api_addr, &self.extra_config);
+        let (child, ssh_port, api_addr) = spawn_gateway(self.dir.path(), &self.config);
+        assert_eq!((ssh_port, &api_addr), (self.ssh_port, &self.api_addr));
+        self.child = child;
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -294,6 +278,61 @@ impl Gateway {
     pub fn recording(&self, session: &str) -> PathBuf {
         self.path(&format!("recordings/{session}.dbr"))
     }
+}
+
+fn write_config(path: &Path, ssh: &str, api: &str, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "{extra}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"{api}\"\n"
+        ),
+    )
+    .expect("config");
+}
+
+/// Runs `drawbridge serve` in `dir` and waits for it to print both listening addresses.
+fn spawn_gateway(dir: &Path, config: &Path) -> (Child, u16, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .expect("log");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir)
+        .env("DRAWBRIDGE_CONFIG", config)
+        .env("DRAWBRIDGE_LOG", "info,drawbridge=debug,russh=warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    let (mut ssh_port, mut api_addr) = (None, None);
+    while ssh_port.is_none() || api_addr.is_none() {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "gateway exited: {}",
+                    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+                )
+            })
+            .expect("read");
+        if let Some(addr) = line.strip_prefix("drawbridge: ssh listening on ") {
+            ssh_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        if let Some(addr) = line.strip_prefix("drawbridge: https listening on ") {
+            api_addr = Some(addr.to_string());
+        }
+    }
+    // Keep draining stdout so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (
+        child,
+        ssh_port.expect("ssh port"),
+        api_addr.expect("api addr"),
+    )
 }
 
 impl Drop for Gateway {

@@ -1,0 +1,298 @@
+//! The non-blocking front of a [`Recorder`]: a queue bounded in bytes feeding a dedicated
+//! writer thread, so a relay never waits on the disk.
+//!
+//! A relay calls [`RecordSink`] methods; each copies the event, stamps it with the time it
+//! happened and queues it. The writer thread encodes, chains and writes, signs checkpoints by
+//! count and by time (it wakes up for a due checkpoint even when the session is idle, so
+//! buffered records never wait for the next keystroke to become durable) and seals on
+//! request.
+//!
+//! Never drop silently, fail closed: when the queue already holds `limit_bytes` (the disk
+//! cannot keep up) the event is refused and the writer is marked failed; when a write fails
+//! the writer thread stops and calls `on_failure`, which ends the session. Either way every
+//! later event is refused, and [`Writer::failure`] says why for the audit log.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::format::MAX_DATA_CHUNK;
+use super::proto::{self, record::Body};
+use super::{Recorder, RecordingError, SealSummary};
+
+/// Queue accounting charges each event this much on top of its data, so that a flood of
+/// tiny events is bounded too.
+const EVENT_OVERHEAD: usize = 64;
+
+/// Called once, from the writer thread, when a write fails.
+pub type OnFailure = Box<dyn FnOnce(&str) + Send>;
+
+enum Cmd {
+    Record {
+        at: Instant,
+        body: Body,
+        cost: usize,
+    },
+    /// Checkpoint now (if anything is pending) and answer once it is on disk.
+    Sync(oneshot::Sender<Result<(), RecordingError>>),
+    Seal(String, oneshot::Sender<Result<SealSummary, RecordingError>>),
+}
+
+struct Shared {
+    queued: AtomicUsize,
+    limit: usize,
+    failed: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Marks the writer failed; the first reason wins.
+    fn fail(&self, why: String) {
+        self.failed.store(true, Ordering::SeqCst);
+        // A poisoned lock only means another thread panicked while writing the reason.
+        let mut slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(why);
+    }
+}
+
+/// Handle to a writer thread. Clones share the thread; the first [`Writer::seal`] ends it.
+#[derive(Clone)]
+pub struct Writer {
+    tx: Sender<Cmd>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `recorder`. `limit_bytes` bounds the queue.
+    pub fn spawn(
+        recorder: Recorder,
+        limit_bytes: usize,
+        on_failure: OnFailure,
+    ) -> Result<Writer, RecordingError> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            limit: limit_bytes,
+            failed: AtomicBool::new(false),
+            why: Mutex::new(None),
+        });
+        let name = recorder
+            .path()
+            .file_stem()
+            .map(|s| format!("rec {}", s.to_string_lossy()))
+            .unwrap_or_else(|| "rec".into());
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(recorder, rx, &thread_shared, on_failure))?;
+        Ok(Writer { tx, shared })
+    }
+
+    /// The event API the relays use.
+    pub fn sink(&self) -> RecordSink<'_> {
+        RecordSink { writer: self }
+    }
+
+    /// Why the writer failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        if !self.shared.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.shared
+            .why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes everything queued so far, then the seal; resolves when it is on disk.
+    pub async fn seal(self, end_reason: &str) -> Result<SealSummary, RecordingError> {
+        self.request_seal(end_reason)?
+            .await
+            .map_err(|_| RecordingError::WriterGone)?
+    }
+
+    /// Resolves once everything queued so far is on disk under a signed checkpoint.
+    pub async fn sync(&self) -> Result<(), RecordingError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Sync(reply))
+            .map_err(|_| RecordingError::WriterGone)?;
+        rx.await.map_err(|_| RecordingError::WriterGone)?
+    }
+
+    /// [`Writer::seal`] for callers outside the async runtime (shutdown, tests).
+    pub fn seal_blocking(self, end_reason: &str) -> Result<SealSummary, RecordingError> {
+        self.request_seal(end_reason)?
+            .blocking_recv()
+            .map_err(|_| RecordingError::WriterGone)?
+    }
+
+    fn request_seal(
+        &self,
+        end_reason: &str,
+    ) -> Result<oneshot::Receiver<Result<SealSummary, RecordingError>>, RecordingError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Seal(end_reason.to_string(), reply))
+            .map_err(|_| RecordingError::WriterGone)?;
+        Ok(rx)
+    }
+
+    fn push(&self, body: Body, data_len: usize) -> Result<(), RecordingError> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(RecordingError::WriterGone);
+        }
+        let cost = data_len + EVENT_OVERHEAD;
+        let queued = self.shared.queued.fetch_add(cost, Ordering::SeqCst) + cost;
+        if queued > self.shared.limit {
+            self.shared.queued.fetch_sub(cost, Ordering::SeqCst);
+            let limit = self.shared.limit;
+            self.shared.fail(format!(
+                "recording queue full ({limit} bytes waiting): the disk cannot keep up"
+            ));
+            return Err(RecordingError::Backlog { limit });
+        }
+        let at = Instant::now();
+        self.tx
+            .send(Cmd::Record { at, body, cost })
+            .map_err(|_| RecordingError::WriterGone)
+    }
+}
+
+/// What a relay records through; see [`crate::session::SessionHandle::record`]. Every
+/// method only queues (no disk IO) and fails once the writer has failed or is sealed.
+pub struct RecordSink<'a> {
+    writer: &'a Writer,
+}
+
+impl RecordSink<'_> {
+    /// Bytes from the upstream towards the engineer.
+    pub fn output(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            let data = chunk.to_vec();
+            let body = Body::Output(proto::Data { channel, data });
+            self.writer.push(body, chunk.len())?;
+        }
+        Ok(())
+    }
+
+    /// Bytes from the engineer towards the upstream.
+    pub fn input(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            let data = chunk.to_vec();
+            let body = Body::Input(proto::Data { channel, data });
+            self.writer.push(body, chunk.len())?;
+        }
+        Ok(())
+    }
+
+    pub fn pty(
+        &mut self,
+        channel: u32,
+        term: &str,
+        cols: u32,
+        rows: u32,
+    ) -> Result<(), RecordingError> {
+        let term = term.to_string();
+        let len = term.len();
+        let body = Body::Pty(proto::Pty {
+            channel,
+            term,
+            cols,
+            rows,
+        });
+        self.writer.push(body, len)
+    }
+
+    pub fn resize(&mut self, channel: u32, cols: u32, rows: u32) -> Result<(), RecordingError> {
+        let body = Body::Resize(proto::Resize {
+            channel,
+            cols,
+            rows,
+        });
+        self.writer.push(body, 0)
+    }
+
+    pub fn exec(&mut self, channel: u32, command: &str) -> Result<(), RecordingError> {
+        let command = command.to_string();
+        let len = command.len();
+        self.writer
+            .push(Body::Exec(proto::Exec { channel, command }), len)
+    }
+
+    pub fn exit_status(&mut self, channel: u32, status: u32) -> Result<(), RecordingError> {
+        let body = Body::ExitStatus(proto::ExitStatus { channel, status });
+        self.writer.push(body, 0)
+    }
+
+    pub fn note(&mut self, text: &str) -> Result<(), RecordingError> {
+        let text = text.to_string();
+        let len = text.len();
+        self.writer.push(Body::Note(proto::Note { text }), len)
+    }
+
+    /// Any event body (the audit log's events); starts, checkpoints and seals are refused.
+    pub(crate) fn body(&mut self, body: Body, len: usize) -> Result<(), RecordingError> {
+        self.writer.push(body, len)
+    }
+}
+
+/// The writer thread: applies commands in order and signs checkpoints when due.
+fn run(mut rec: Recorder, rx: Receiver<Cmd>, shared: &Shared, on_failure: OnFailure) {
+    let fail = |e: RecordingError, on_failure: OnFailure| {
+        let why = format!("recording write failed: {e}");
+        shared.fail(why.clone());
+        on_failure(&why);
+    };
+    loop {
+        // A due checkpoint goes first, so a steady stream of events cannot postpone it.
+        let deadline = rec.checkpoint_deadline();
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            if let Err(e) = rec.checkpoint() {
+                return fail(e, on_failure);
+            }
+            continue;
+        }
+        let next = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(Cmd::Record { at, body, cost }) => {
+                let res = rec.append(at, body);
+                shared.queued.fetch_sub(cost, Ordering::SeqCst);
+                if let Err(e) = res {
+                    return fail(e, on_failure);
+                }
+            }
+            Ok(Cmd::Sync(reply)) => {
+                let res = match rec.checkpoint_deadline() {
+                    Some(_) => rec.checkpoint(),
+                    None => Ok(()),
+                };
+                let failed = res.as_ref().err().map(ToString::to_string);
+                // The caller may have stopped waiting; that changes nothing here.
+                let _ = reply.send(res);
+                if let Some(e) = failed {
+                    let why = format!("recording write failed: {e}");
+                    shared.fail(why.clone());
+                    return on_failure(&why);
+                }
+            }
+            Ok(Cmd::Seal(reason, reply)) => {
+                // The caller may have stopped waiting; the seal is on disk either way.
+                let _ = reply.send(rec.seal(&reason));
+                return;
+            }
+            // Loop around: the deadline check above writes the checkpoint.
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every handle is gone without a seal: leave the file unsealed (the Recorder's
+            // drop flushes it) for restart recovery to seal.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

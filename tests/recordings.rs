@@ -1,0 +1,331 @@
+//! End to end: recordings and the audit log under crashes, key rotation, deletion and a
+//! recording that cannot keep up, with the real gateway, sshd, `ssh` and CLI.
+
+mod support;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use drawbridge::recording::audit::{AuditIndex, audit_dir};
+use drawbridge::recording::proto::record::Body;
+use drawbridge::recording::{KeyRing, read_file, verify_file};
+use support::*;
+
+fn sessions(w: &World) -> Vec<serde_json::Value> {
+    let o = w.alice.cli(&["sessions", "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+/// Polls until `n` sessions are marked ended (their seal hashes are then in the audit log).
+fn wait_until_ended(w: &World, n: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let list = sessions(w);
+        if list.iter().filter(|s| !s["ended_at"].is_null()).count() >= n {
+            return list;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not ended: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn recordings(w: &World) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(w.gateway.path("recordings"))
+        .expect("recordings")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dbr"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn key_ring(w: &World) -> KeyRing {
+    let text = std::fs::read_to_string(w.gateway.path("data/keys/recording.pub")).expect("pub");
+    KeyRing::parse(&text).expect("ring")
+}
+
+fn audit_json(w: &World) -> Vec<serde_json::Value> {
+    let out = w.gateway.admin_ok(&["audit", "--json"]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+#[test]
+fn kill_9_during_a_busy_session_then_restart_seals_it_and_keeps_every_checkpoint() {
+    let extra = "[recording]\ncheckpoint_records = 50\ncheckpoint_interval = \"20ms\"\n";
+    let mut w = World::with_gateway(Gateway::start_with(extra));
+    w.grant_alice("web-1", "root", "30m");
+    let mut child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("yes")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    while seen < 1 << 20 {
+        let n = out.read(&mut buf).expect("read");
+        assert!(n > 0, "ssh ended early: {}", w.gateway.log());
+        seen += n;
+    }
+    // Wait until a signed checkpoint is on disk, and remember how far it reaches.
+    let path = recordings(&w).pop().expect("recording");
+    let start = Instant::now();
+    let durable = loop {
+        if let Some(k) = verify_file(&path, &key_ring(&w))
+            .last_checkpoint
+            .filter(|k| *k > 50)
+        {
+            break k;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
+    w.gateway.kill9();
+    let _ = child.wait();
+    w.gateway.restart();
+
+    let verify = w.gateway.admin(&["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let rec = read_file(&path).expect("read");
+    let seal = rec.seal().expect("sealed on restart");
+    assert!(
+        seal.end_reason.starts_with("interrupted"),
+        "{}",
+        seal.end_reason
+    );
+    // Nothing a checkpoint had covered before the kill is lost...
+    assert!(
+        rec.records.len() as u64 > durable,
+        "{} <= {durable}",
+        rec.records.len()
+    );
+    // ...and checkpoints kept their cadence up to the crash.
+    let last = (rec.records.iter())
+        .rposition(|r| matches!(r.body, Some(Body::Checkpoint(_))))
+        .expect("checkpoint");
+    assert!(
+        rec.records.len() - 1 - last <= 51,
+        "{} records after the last checkpoint",
+        rec.records.len() - 1 - last
+    );
+    let output: Vec<u8> = (rec.records.iter())
+        .filter_map(|r| match &r.body {
+            Some(Body::Output(d)) => Some(d.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let pattern: &[u8] = b"y\n";
+    assert!(output.len() >= 1 << 16, "{} output bytes", output.len());
+    assert!(
+        output.chunks(2).all(|c| c == &pattern[..c.len()]),
+        "not `yes` output"
+    );
+
+    // The audit log has the interrupted seal, and the session is ended in the store.
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let index = AuditIndex::load(&audit_dir(&w.gateway.path("recordings"))).expect("index");
+    assert!(index.sealed.get(&name).is_some_and(|s| s.interrupted));
+    let list = sessions(&w);
+    assert!(
+        list[0]["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("interrupted")),
+        "{list:?}"
+    );
+    // And the restarted gateway records new sessions normally.
+    let o = w.alice.ssh_run("root@web-1", "echo after-restart");
+    assert!(stdout(&o).contains("after-restart"), "{}", stderr(&o));
+}
+
+#[test]
+fn after_key_rotation_old_and_new_recordings_verify_and_the_old_key_is_needed() {
+    let mut w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    assert!(w.alice.ssh_run("root@web-1", "echo one").status.success());
+    wait_until_ended(&w, 1);
+    let out = w.gateway.admin_ok(&["keys", "rotate-recording"]);
+    assert!(out.contains("recording key rotated"), "{out}");
+    w.gateway.restart();
+    assert!(w.alice.ssh_run("root@web-1", "echo two").status.success());
+    wait_until_ended(&w, 2);
+
+    let verify = w.gateway.admin(&["verify", "--all"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let key_ids: Vec<String> = recordings(&w)
+        .iter()
+        .map(|p| {
+            read_file(p)
+                .expect("read")
+                .seal()
+                .expect("sealed")
+                .key_id
+                .clone()
+        })
+        .collect();
+    assert_eq!(key_ids.len(), 2);
+    assert_ne!(key_ids[0], key_ids[1], "both recordings sealed by one key");
+
+    // Drop the old key from the ring: its recording no longer verifies, by key id.
+    let pub_path = w.gateway.path("data/keys/recording.pub");
+    let text = std::fs::read_to_string(&pub_path).expect("pub");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let newest = text.lines().last().expect("line").to_string();
+    std::fs::write(&pub_path, format!("{newest}\n")).expect("write");
+    let verify = w.gateway.admin(&["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains("unknown key id"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn a_deleted_recording_fails_verify_by_name_even_though_every_file_verifies() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    for word in ["first", "second"] {
+        assert!(
+            w.alice
+                .ssh_run("root@web-1", &format!("echo {word}"))
+                .status
+                .success()
+        );
+    }
+    wait_until_ended(&w, 2);
+    assert!(w.gateway.admin(&["verify"]).status.success());
+    let gone = recordings(&w).remove(0);
+    let name = gone
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::remove_file(&gone).expect("rm");
+
+    let o = w.gateway.admin(&["verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(&format!("FAIL\t{name}\trecording of session")),
+        "{}",
+        stdout(&o)
+    );
+    let o = w.gateway.admin(&["verify", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["findings"][0]["subject"], name.as_str());
+    assert_eq!(report["recordings"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["recordings"][0]["status"], "ok");
+}
+
+#[test]
+fn a_recording_that_cannot_keep_up_ends_the_session_and_the_audit_log_says_why() {
+    let w = World::with_gateway(Gateway::start_with("[recording]\nqueue_bytes = 1000\n"));
+    w.grant_alice("web-1", "root", "30m");
+    let o = w.alice.ssh_run(
+        "root@web-1",
+        "head -c 200000 /dev/zero | tr '\\0' x; sleep 30",
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("could not be recorded (fail-closed)"),
+        "{}",
+        stderr(&o)
+    );
+    wait_until_ended(&w, 1);
+    let entries = audit_json(&w);
+    let failed = entries
+        .iter()
+        .find(|e| e["kind"] == "recording.failed")
+        .unwrap_or_else(|| panic!("no recording.failed entry: {entries:?}"));
+    assert!(
+        failed["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("queue full")),
+        "{failed}"
+    );
+    assert!(entries.iter().any(|e| e["kind"] == "session.start"));
+    assert!(entries.iter().any(|e| e["kind"] == "session.sealed"));
+    // What was recorded before the failure is sealed and named in the audit log.
+    assert!(w.gateway.admin(&["verify"]).status.success());
+}
+
+#[test]
+fn export_to_asciicast_plays_in_asciinema_and_jsonl_keeps_every_record() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let mut child = w
+        .alice
+        .ssh("root@web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        "echo snow-$((6*7))-☃; exit 0\n".as_bytes(),
+    )
+    .expect("type");
+    assert!(child.wait_with_output().expect("wait").status.success());
+    let list = wait_until_ended(&w, 1);
+    let id = list[0]["id"].as_str().expect("id");
+
+    let cast = w.gateway.path("s.cast");
+    let cast_arg = cast.display().to_string();
+    w.gateway
+        .admin_ok(&["export", id, "--format", "asciicast", "-o", &cast_arg]);
+    let text = std::fs::read_to_string(&cast).expect("cast");
+    let mut lines = text.lines();
+    let header: serde_json::Value =
+        serde_json::from_str(lines.next().expect("header")).expect("header json");
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64().is_some_and(|w| w > 0), "{header}");
+    let mut last = 0.0;
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(line).expect("event json");
+        let t = event[0].as_f64().expect("time");
+        assert!(t >= last, "time goes back: {line}");
+        last = t;
+        assert!(event[1] == "o" || event[1] == "r", "{line}");
+        assert!(event[2].is_string(), "{line}");
+    }
+    // asciinema 2.2 `cat` opens /dev/tty; `script` gives it a pseudo-terminal.
+    let played = std::process::Command::new("script")
+        .args(["-qec", &format!("asciinema cat {cast_arg}"), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script + asciinema");
+    assert!(played.status.success(), "{}", stderr(&played));
+    assert!(stdout(&played).contains("snow-42-☃"), "{}", stdout(&played));
+
+    let jsonl = w.gateway.admin_ok(&["export", id, "--format", "jsonl"]);
+    let records: Vec<serde_json::Value> = (jsonl.lines())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let on_disk = read_file(&w.gateway.recording(id))
+        .expect("read")
+        .records
+        .len();
+    assert_eq!(records.len(), on_disk);
+    assert_eq!(records[0]["type"], "start");
+    assert_eq!(records[on_disk - 1]["type"], "seal");
+    assert!(records.iter().any(|r| r["type"] == "pty"));
+}
