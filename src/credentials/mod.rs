@@ -20,6 +20,7 @@ pub enum CredentialError {
 /// A minted upstream credential, one variant per kind of upstream.
 #[derive(Debug)]
 pub enum Credential {
-    Ssh(SshCredential),
-    Http(HttpCredential),
+    // Boxed: both are hundreds of bytes and are moved through the pipeline.
+    Ssh(Box<SshCredential>),
+    Http(Box<HttpCredential>),
 }

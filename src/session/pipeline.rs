@@ -100,14 +100,14 @@ impl Pipeline {
         session_id: &str,
     ) -> Result<Credential, SessionError> {
         match protocol {
-            "ssh" => Ok(Credential::Ssh(self.ssh_ca.mint(
+            "ssh" => Ok(Credential::Ssh(Box::new(self.ssh_ca.mint(
                 auth,
                 session_id,
                 time::now(),
-            )?)),
-            "http" => Ok(Credential::Http(
+            )?))),
+            "http" => Ok(Credential::Http(Box::new(
                 self.http_signer.for_session(auth, session_id),
-            )),
+            ))),
             other => Err(SessionError::Internal(format!(
                 "no credential kind for {other}"
             ))),

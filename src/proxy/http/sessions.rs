@@ -21,6 +21,9 @@ use crate::time;
 /// one (`drawbridge request grafana --login web`).
 pub const DEFAULT_LOGIN: &str = "web";
 
+/// Live sessions by user and target.
+type LiveMap = Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>;
+
 pub struct HttpSession {
     pub handle: SessionHandle,
     pub connection: HttpConnection,
@@ -29,7 +32,7 @@ pub struct HttpSession {
 pub struct Sessions {
     pipeline: Arc<Pipeline>,
     store: Arc<dyn Store>,
-    live: Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>,
+    live: LiveMap,
 }
 
 impl Sessions {
@@ -99,11 +102,7 @@ impl Sessions {
 
 /// Seals the recording and forgets the session once it is ended (grant end,
 /// revoke, disable, shutdown).
-async fn seal_when_ended(
-    live: Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>,
-    key: (UserId, String),
-    session: Arc<HttpSession>,
-) {
+async fn seal_when_ended(live: LiveMap, key: (UserId, String), session: Arc<HttpSession>) {
     let reason = session.handle.live().ended().await.to_string();
     {
         let mut live = live.lock().unwrap_or_else(|p| p.into_inner());

@@ -95,7 +95,7 @@ impl Upstream for HttpUpstream {
             address: target.address.clone(),
             client: self.client.clone(),
             response_timeout: self.response_timeout,
-            credential,
+            credential: *credential,
             target: target.name.clone(),
         })
     }
