@@ -10,13 +10,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
-use crate::api::{self, ApiState, HttpsFront};
+use crate::api::{self, ApiState, HttpsFront, LocalCa};
 use crate::config::Config;
 use crate::credentials::{AssertionSigner, SshCertificateAuthority};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
-use crate::proxy::http::{HttpFront, HttpUpstream};
+use crate::proxy::http::{Handoff, HttpFront, HttpUpstream};
 use crate::proxy::ssh::{SshFront, SshUpstream};
 use crate::recording::audit::{AuditIndex, audit_dir};
 use crate::recording::{AuditLog, recovery};
@@ -118,8 +118,16 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             connect_timeout: config.ssh.connect_timeout,
         },
     ));
-    let tls =
-        api::server_tls_config(&keys.tls_cert_pem, keys.tls_key_pem.expose()).map_err(setup)?;
+    let tls = api::server_tls_config(
+        LocalCa::new(
+            &keys.tls_cert_pem,
+            keys.tls_key_pem.expose(),
+            &config.http.apps_domain,
+        )
+        .map_err(setup)?,
+    )
+    .map_err(setup)?;
+    let handoff = Arc::new(Handoff::default());
     let router = api::router(Arc::new(ApiState {
         store: store.clone(),
         access: access.clone(),
@@ -127,6 +135,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         token_ttl: config.access.login_token_ttl,
         apps_domain: config.http.apps_domain.clone(),
         jwks: http_signer.jwks(),
+        handoff: handoff.clone(),
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;
@@ -143,6 +152,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             config.http.apps_domain.clone(),
             https_port,
             HttpUpstream::new(config.http.connect_timeout, config.http.response_timeout),
+            handoff,
         )),
     });
     // Tests and scripts read these two lines to learn the actual ports (the config

@@ -226,16 +226,9 @@ fn tls(paths: &KeyPaths, created: &mut Vec<PathBuf>) -> Result<(String, String),
         let key = fs::read_to_string(&key_path).map_err(io(&key_path))?;
         return Ok((cert, key));
     }
-    let names = vec![
-        "localhost".to_string(),
-        "*.localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let certified =
-        rcgen::generate_simple_self_signed(names).map_err(|e| invalid(&cert_path, e))?;
-    let cert = certified.cert.pem();
-    let key = certified.signing_key.serialize_pem();
+    // A local CA, not a leaf: the HTTPS listener mints a leaf per server name
+    // (each app's host name) signed by it, and clients trust this certificate.
+    let (cert, key) = crate::api::new_ca().map_err(|e| invalid(&cert_path, e))?;
     write_private(&key_path, key.as_bytes())?;
     write_public(&cert_path, &cert)?;
     created.push(cert_path);

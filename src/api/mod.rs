@@ -4,10 +4,12 @@
 //! Architecture invariant: handlers translate between HTTP and the `identity` /
 //! `access` modules and do nothing else; no decision is made here.
 
+mod certs;
 mod tls;
 pub mod types;
 mod web;
 
+pub use certs::{LocalCa, new_ca};
 pub use tls::{HttpsFront, serve_tls, server_tls_config};
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct ApiState {
     pub apps_domain: String,
     /// The HTTP assertion keys, served at `/.well-known/jwks.json`.
     pub jwks: serde_json::Value,
+    /// One-time codes that carry a browser login over to an app.
+    pub handoff: Arc<crate::proxy::http::Handoff>,
 }
 
 type Shared = State<Arc<ApiState>>;

@@ -9,35 +9,27 @@ use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::service::{Service, service_fn};
-use hyper::{Request, Response, header};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::certs::LocalCa;
 use crate::proxy::http::HttpFront;
 
-pub fn server_tls_config(
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("TLS certificate: {e}"))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("TLS key: {e}"))?;
+/// The HTTPS listener's TLS: certificates minted per server name by the
+/// gateway's local CA (see `certs`); HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_tls_config(ca: LocalCa) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("TLS: {e}"))?;
+    .with_cert_resolver(Arc::new(ca));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -55,13 +47,7 @@ impl HttpsFront {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or_default()
-            .to_string();
+        let host = crate::proxy::http::request_host(&req).to_string();
         if let Some(target) = self.apps.target_of(&host) {
             return Ok(self.apps.handle(req, target, peer).await);
         }

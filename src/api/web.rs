@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiState;
 use crate::identity;
-use crate::proxy::http::SESSION_COOKIE;
+use crate::proxy::http::{CALLBACK_PATH, SESSION_COOKIE};
 use crate::secret::Secret;
 use crate::time;
 
@@ -76,8 +76,58 @@ fn page(next: &str, message: Option<&str>) -> Html<String> {
     ))
 }
 
-pub async fn login_page(State(s): State<Arc<ApiState>>, Query(q): Query<Next>) -> Html<String> {
-    page(&safe_next(q.next.as_deref(), &s.apps_domain), None)
+/// Where to send a logged-in browser: an app URL goes through the app's
+/// callback with a one-time code (so the app gets its own cookie); anything
+/// else is a local path.
+fn after_login(s: &ApiState, next: &str, token: &str) -> String {
+    let Some(rest) = next.strip_prefix("https://") else {
+        return next.to_string();
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if name == s.apps_domain {
+        return path.to_string();
+    }
+    match s.handoff.issue(token, host) {
+        Some(code) => {
+            let query = serde_urlencoded::to_string([("code", code.as_str()), ("path", path)])
+                .unwrap_or_default();
+            format!("https://{host}{CALLBACK_PATH}?{query}")
+        }
+        None => "/".into(),
+    }
+}
+
+fn redirect(location: &str, cookie: Option<String>) -> Response {
+    let mut response = (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response();
+    if let Some(value) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The form, or straight on when the browser already has a valid session.
+pub async fn login_page(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Next>,
+    headers: HeaderMap,
+) -> Response {
+    let next = safe_next(q.next.as_deref(), &s.apps_domain);
+    if let Some(token) = crate::proxy::http::session_cookie(&headers)
+        && identity::by_token(s.store.as_ref(), &token, time::now())
+            .await
+            .is_ok()
+    {
+        return redirect(&after_login(&s, &next, &token), None);
+    }
+    page(&next, None).into_response()
 }
 
 pub async fn login_submit(State(s): State<Arc<ApiState>>, Form(form): Form<LoginForm>) -> Response {
@@ -107,18 +157,12 @@ pub async fn login_submit(State(s): State<Arc<ApiState>>, Form(form): Form<Login
         }
     };
     tracing::info!(user = identity.name(), "web login");
-    // Domain= makes one login cover every app under the apps domain; HttpOnly keeps
-    // scripts away from it; Lax keeps it off cross-site subrequests.
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Domain={}; Path=/; Max-Age={ttl}; Secure; HttpOnly; SameSite=Lax",
-        token.value().expose(),
-        s.apps_domain
-    );
-    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    // Host-only: apps get their own cookie through the one-time-code handoff.
+    // HttpOnly keeps scripts away from it; Lax keeps it off cross-site subrequests.
+    let token = token.value().expose();
+    let cookie =
+        format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={ttl}; Secure; HttpOnly; SameSite=Lax");
+    redirect(&after_login(&s, &next, token), Some(cookie))
 }
 
 pub async fn jwks(State(s): State<Arc<ApiState>>) -> impl IntoResponse {

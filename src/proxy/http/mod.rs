@@ -9,11 +9,13 @@
 //!   websockets included.
 //! - `sessions`: the per-user-and-target session cache.
 
+mod handoff;
 mod headers;
 mod sessions;
 mod upstream;
 
-pub use headers::SESSION_COOKIE;
+pub use handoff::{CALLBACK_PATH, Handoff};
+pub use headers::{SESSION_COOKIE, session_cookie};
 pub use upstream::HttpUpstream;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use crate::time;
 
 pub struct HttpFront {
     store: Arc<dyn Store>,
+    handoff: Arc<Handoff>,
     sessions: sessions::Sessions,
     upstream: HttpUpstream,
     apps_domain: String,
@@ -44,10 +47,12 @@ impl HttpFront {
         apps_domain: String,
         public_port: u16,
         upstream: HttpUpstream,
+        handoff: Arc<Handoff>,
     ) -> Self {
         HttpFront {
             sessions: sessions::Sessions::new(pipeline, store.clone()),
             store,
+            handoff,
             upstream,
             apps_domain,
             public_port,
@@ -83,6 +88,9 @@ impl HttpFront {
         target: &str,
         peer: SocketAddr,
     ) -> Response<Body> {
+        if req.uri().path() == CALLBACK_PATH {
+            return self.callback(&req);
+        }
         let bearer = headers::bearer(req.headers());
         let token = bearer
             .clone()
@@ -107,6 +115,41 @@ impl HttpFront {
         upstream::forward(req, &session, bearer.is_some(), peer).await
     }
 
+    /// Exchanges a one-time code from the login page for this app host's own
+    /// session cookie, then sends the browser where it was going.
+    fn callback(&self, req: &Request<Incoming>) -> Response<Body> {
+        #[derive(serde::Deserialize)]
+        struct Callback {
+            code: String,
+            path: Option<String>,
+        }
+        let query = req.uri().query().unwrap_or_default();
+        let Ok(callback) = serde_urlencoded::from_str::<Callback>(query) else {
+            return json_error(StatusCode::BAD_REQUEST, "missing code");
+        };
+        let Some(token) = self.handoff.redeem(&callback.code, request_host(req)) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid or expired login code; log in again",
+            );
+        };
+        let path = callback
+            .path
+            .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
+            .unwrap_or_else(|| "/".into());
+        // Host-only (no Domain), so each app's cookie stays on that app.
+        let cookie = format!(
+            "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            token.expose()
+        );
+        Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, path)
+            .header(header::SET_COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap_or_default()
+    }
+
     /// API clients get 401 JSON; browsers are sent to the login page and come back.
     fn unauthenticated(&self, req: &Request<Incoming>, had_bearer: bool) -> Response<Body> {
         let browser = !had_bearer
@@ -121,11 +164,7 @@ impl HttpFront {
                 "missing or invalid token: run `drawbridge login` and send `Authorization: Bearer <token>`",
             );
         }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let host = request_host(req);
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let next = format!("https://{host}{path}");
         Response::builder()
@@ -134,6 +173,16 @@ impl HttpFront {
             .body(Body::empty())
             .unwrap_or_default()
     }
+}
+
+/// The host the client asked for: the Host header (HTTP/1.1) or the URI's
+/// authority (HTTP/2 `:authority`).
+pub fn request_host<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default()
 }
 
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {

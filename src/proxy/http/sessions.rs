@@ -27,6 +27,8 @@ type LiveMap = Arc<Mutex<HashMap<(UserId, String), Arc<HttpSession>>>>;
 pub struct HttpSession {
     pub handle: SessionHandle,
     pub connection: HttpConnection,
+    /// Open websockets; the session is sealed after they have recorded their end.
+    pub websockets: tokio::sync::watch::Sender<usize>,
 }
 
 pub struct Sessions {
@@ -90,6 +92,7 @@ impl Sessions {
         let session = Arc::new(HttpSession {
             handle: established.session,
             connection: established.connection,
+            websockets: tokio::sync::watch::channel(0).0,
         });
         self.live
             .lock()
@@ -104,6 +107,14 @@ impl Sessions {
 /// revoke, disable, shutdown).
 async fn seal_when_ended(live: LiveMap, key: (UserId, String), session: Arc<HttpSession>) {
     let reason = session.handle.live().ended().await.to_string();
+    // Let open websockets close and record it first; bounded, so a stuck one
+    // cannot hold the recording open.
+    let mut open = session.websockets.subscribe();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        open.wait_for(|n| *n == 0),
+    )
+    .await;
     {
         let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
         if live.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {

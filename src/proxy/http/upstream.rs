@@ -121,12 +121,7 @@ pub async fn forward(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(headers::mask_query);
-    let original_host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let original_host = super::request_host(&req).to_string();
     let request_bytes = content_length(req.headers());
 
     let assertion = match conn.credential.assertion(time::now()) {
@@ -143,6 +138,9 @@ pub async fn forward(
         Ok(uri) => uri,
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid request target"),
     };
+    // Upstreams are spoken to in HTTP/1.1 whatever the client used (HTTP/2
+    // downstream is common); the pooled client sets the framing.
+    parts.version = hyper::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_client_credentials(&mut parts.headers, consumed_bearer);
     inject(&mut parts.headers, conn, &assertion, &original_host, peer);
@@ -240,6 +238,15 @@ fn rewrite_location(headers: &mut hyper::HeaderMap, upstream: &str, public_host:
     }
 }
 
+/// Counts a websocket as closed however its task ends.
+struct Decrement(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Completes the 101 to the client and splices the two upgraded connections
 /// until one closes or the session ends.
 fn relay_websocket(
@@ -251,7 +258,10 @@ fn relay_websocket(
     let (mut parts, _) = response.into_parts();
     parts.extensions = Default::default();
     let handle = session.handle.clone();
+    let open = session.websockets.clone();
+    open.send_modify(|n| *n += 1);
     tokio::spawn(async move {
+        let _counted = Decrement(open);
         let (Ok(up), Ok(down)) = (upstream.await, downstream.await) else {
             return;
         };

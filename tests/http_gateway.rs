@@ -1,0 +1,504 @@
+//! The HTTP gateway end to end: a real upstream (Python's http.server with a
+//! websocket echo), the real gateway, stock `curl` as browser and API client.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/http_upstream.py"
+);
+
+struct Upstream {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("port");
+        let child = Command::new("python3")
+            .args([FIXTURE, "server"])
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let start = Instant::now();
+        while !port_file.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "upstream did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port = std::fs::read_to_string(&port_file)
+            .expect("port")
+            .trim()
+            .parse()
+            .expect("port number");
+        Upstream {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Web {
+    w: World,
+    upstream: Upstream,
+    https_port: u16,
+}
+
+impl Web {
+    /// A world plus an HTTP target `app` (env=prod) in front of the Python upstream.
+    fn new() -> Web {
+        let w = World::new();
+        let upstream = Upstream::start();
+        let address = format!("127.0.0.1:{}", upstream.port);
+        w.gateway.admin_ok(&[
+            "target",
+            "add",
+            "app",
+            "--protocol",
+            "http",
+            "--address",
+            &address,
+            "--label",
+            "env=prod",
+        ]);
+        let https_port = w
+            .gateway
+            .api_addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Web {
+            w,
+            upstream,
+            https_port,
+        }
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.https_port)
+    }
+
+    /// Stock curl, trusting the gateway's certificate, `*.localhost` to loopback.
+    fn curl(&self, args: &[&str]) -> Output {
+        let resolve = |h: &str| format!("{h}:{}:127.0.0.1", self.https_port);
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(self.w.gateway.path("data/keys/tls.crt"))
+            .args([
+                "--resolve",
+                &resolve("app.localhost"),
+                "--resolve",
+                &resolve("localhost"),
+            ])
+            .args(args)
+            .output()
+            .expect("curl")
+    }
+
+    fn grant_web(&self) -> i64 {
+        self.w.alice.login_once();
+        self.w.bob.login_once();
+        let id = self.w.alice.request("app", "web", "30m");
+        assert!(
+            self.w
+                .bob
+                .cli(&["approve", &id.to_string()])
+                .status
+                .success()
+        );
+        id
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn token(user: &User) -> String {
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(user.home.join("cli/login.json")).expect("login"),
+    )
+    .expect("json");
+    saved["token"].as_str().expect("token").to_string()
+}
+
+fn bearer(user: &User) -> String {
+    format!("Authorization: Bearer {}", token(user))
+}
+
+#[test]
+fn bearer_requests_reach_the_app_with_a_verifiable_assertion_and_no_spoofed_identity() {
+    let web = Web::new();
+    let grant = web.grant_web();
+    let o = web.curl(&[
+        "-H",
+        &bearer(&web.w.alice),
+        "-H",
+        "X-Forwarded-User: admin",
+        "-H",
+        "X-Drawbridge-Assertion: forged",
+        "-H",
+        "Remote-User: admin",
+        "-H",
+        "Cookie: theme=dark; drawbridge_session=stolen",
+        &web.url("app.localhost", "/headers"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seen: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+    assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
+    assert!(seen.get("remote-user").is_none(), "{seen}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "the gateway's token must not reach the app: {seen}"
+    );
+    assert_eq!(seen["cookie"], "theme=dark", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+
+    // The assertion verifies with an independent JWT library against the JWKS.
+    let jwks = web.curl(&[&web.url("localhost", "/.well-known/jwks.json")]);
+    let jwks: serde_json::Value = serde_json::from_slice(&jwks.stdout).expect("jwks");
+    let jwt = seen["x-drawbridge-assertion"].as_str().expect("assertion");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwks["keys"][0].clone()).expect("jwk");
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["app"]);
+    validation.set_issuer(&["drawbridge"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation)
+        .expect("valid assertion")
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["login"], "web");
+    assert_eq!(claims["grant"], grant);
+    let lifetime = claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat");
+    assert!((1..=300).contains(&lifetime), "{lifetime}");
+    // A forged signature does not verify.
+    let mut forged = jwt.to_string();
+    forged.pop();
+    forged.push(if jwt.ends_with('A') { 'B' } else { 'A' });
+    assert!(jsonwebtoken::decode::<serde_json::Value>(&forged, &key, &validation).is_err());
+
+    // Redirects to the upstream's own address come back under the gateway's name.
+    let o = web.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{redirect_url}",
+        "-H",
+        &bearer(&web.w.alice),
+        &web.url("app.localhost", "/redirect"),
+    ]);
+    assert_eq!(stdout(&o), web.url("app.localhost", "/headers"));
+}
+
+#[test]
+fn every_refusal_is_clear_and_api_clients_never_get_a_redirect() {
+    let web = Web::new();
+    // No token: JSON 401 for API clients, a login redirect for browsers.
+    let o = web.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &web.url("app.localhost", "/headers"),
+    ]);
+    assert_eq!(stdout(&o), "401");
+    let o = web.curl(&[
+        "-H",
+        "Authorization: Bearer dbt_0000",
+        "-w",
+        "%{http_code}",
+        &web.url("app.localhost", "/headers"),
+    ]);
+    assert!(
+        stdout(&o).ends_with("401") && stdout(&o).contains("\"error\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = web.curl(&[
+        "-H",
+        "Accept: text/html",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &web.url("app.localhost", "/headers?x=1"),
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("302 ") && out.contains("/login?next=https%3A%2F%2Fapp.localhost"),
+        "{out}"
+    );
+    // A token but no grant: 403 saying how to ask.
+    web.w.alice.login();
+    let o = web.curl(&[
+        "-H",
+        &bearer(&web.w.alice),
+        "-w",
+        "\n%{http_code}",
+        &web.url("app.localhost", "/headers"),
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.ends_with("403") && out.contains("drawbridge request app --login web"),
+        "{out}"
+    );
+    // An unknown app.
+    let o = web.curl(&[
+        "--resolve",
+        &format!("nope.localhost:{}:127.0.0.1", web.https_port),
+        "-H",
+        &bearer(&web.w.alice),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &web.url("nope.localhost", "/"),
+    ]);
+    assert_eq!(stdout(&o), "404");
+}
+
+#[test]
+fn browsers_log_in_once_with_a_secure_cookie_and_are_sent_back_only_on_site() {
+    let web = Web::new();
+    web.grant_web();
+    let jar = web.w.gateway.path("cookies.txt");
+    let jar = jar.to_str().expect("path");
+    let next = web.url("app.localhost", "/headers");
+    // grant_web's CLI login used this step's code; codes are single use.
+    let code = drawbridge::identity::totp_code(web.w.alice.totp.bytes(), unix_now() + 30);
+    let o = web.curl(&[
+        "-c",
+        jar,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--data-urlencode",
+        "user=alice",
+        "--data-urlencode",
+        "password=pw-alice",
+        "--data-urlencode",
+        &format!("totp={code}"),
+        "--data-urlencode",
+        &format!("next={next}"),
+        &web.url("localhost", "/login"),
+    ]);
+    let head = stdout(&o);
+    assert!(
+        head.starts_with("HTTP/1.1 303") || head.starts_with("HTTP/2 303"),
+        "{head}"
+    );
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie"))
+        .expect("cookie");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    // The app gets the session through a one-time code on its own host.
+    let code_url = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .expect("location")
+        .trim()
+        .to_string();
+    assert!(
+        code_url.starts_with(&web.url("app.localhost", "/.drawbridge/callback?code=")),
+        "{code_url}"
+    );
+    // Follow it as a browser does, keeping cookies per host.
+    let o = web.curl(&["-L", "-b", jar, "-c", jar, &code_url]);
+    let seen: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+    assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
+    assert!(
+        seen.get("cookie").is_none(),
+        "our cookie must not reach the app: {seen}"
+    );
+    // A login code is single use.
+    let o = web.curl(&["-o", "/dev/null", "-w", "%{http_code}", &code_url]);
+    assert_eq!(stdout(&o), "400");
+    // With the gateway's cookie, another visit to the login page goes straight
+    // through to the app: one login covers every app.
+    let again = web.url("localhost", &format!("/login?next={}", urlencode(&next)));
+    let o = web.curl(&["-L", "-b", jar, "-c", jar, &again]);
+    let seen: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+    assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
+
+    // Off-site targets after login are refused: no open redirect.
+    let code = web.w.carol.code();
+    let o = web.curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--data-urlencode",
+        "user=carol",
+        "--data-urlencode",
+        "password=pw-carol",
+        "--data-urlencode",
+        &format!("totp={code}"),
+        "--data-urlencode",
+        "next=https://evil.example/",
+        &web.url("localhost", "/login"),
+    ]);
+    assert!(
+        stdout(&o).to_ascii_lowercase().contains("location: /\r"),
+        "{}",
+        stdout(&o)
+    );
+    // Wrong credentials: 401 and the form again, no cookie.
+    let o = web.curl(&[
+        "-D",
+        "-",
+        "--data-urlencode",
+        "user=alice",
+        "--data-urlencode",
+        "password=nope",
+        "--data-urlencode",
+        "totp=000000",
+        &web.url("localhost", "/login"),
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains(" 401") && !out.to_ascii_lowercase().contains("set-cookie"),
+        "{out}"
+    );
+}
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let web = Web::new();
+    web.grant_web();
+    let size = 64 * 1024 * 1024;
+    let o = web.curl(&[
+        "-H",
+        &bearer(&web.w.alice),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &web.url("app.localhost", &format!("/big?n={size}")),
+    ]);
+    assert_eq!(stdout(&o), size.to_string());
+    let file: PathBuf = web.w.gateway.path("upload.bin");
+    std::fs::write(&file, vec![7u8; 48 * 1024 * 1024]).expect("write");
+    let o = web.curl(&[
+        "-H",
+        &bearer(&web.w.alice),
+        "-T",
+        file.to_str().expect("path"),
+        &web.url("app.localhost", "/upload"),
+    ]);
+    let reply: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+    assert_eq!(reply["received"], 48 * 1024 * 1024);
+}
+
+#[test]
+fn websockets_relay_and_a_revoke_closes_them_and_refuses_the_next_request() {
+    let web = Web::new();
+    let grant = web.grant_web();
+    let mut ws = Command::new("python3")
+        .args([FIXTURE, "client", &web.url("app.localhost", "/ws")])
+        .arg(web.w.gateway.path("data/keys/tls.crt"))
+        .arg("app.localhost")
+        .env("TOKEN", token(&web.w.alice))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ws client");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(ws.stdout.take().expect("stdout")));
+    assert!(
+        lines
+            .next()
+            .expect("status")
+            .expect("line")
+            .contains(" 101 ")
+    );
+    assert_eq!(lines.next().expect("echo").expect("line"), "ping-1");
+    let at = Instant::now();
+    assert!(
+        web.w
+            .bob
+            .cli(&["revoke", &grant.to_string()])
+            .status
+            .success()
+    );
+    assert_eq!(lines.next().expect("close").expect("line"), "closed");
+    assert!(
+        at.elapsed() < Duration::from_millis(1500),
+        "websocket closed after {:?}",
+        at.elapsed()
+    );
+    let _ = ws.wait();
+    let o = web.curl(&[
+        "-H",
+        &bearer(&web.w.alice),
+        "-w",
+        "\n%{http_code}",
+        &web.url("app.localhost", "/headers"),
+    ]);
+    assert!(
+        stdout(&o).ends_with("403") && stdout(&o).contains("was revoked"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Every request is in the session's recording, with secrets masked.
+    let sessions = web.w.alice.cli(&["sessions", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&sessions.stdout).expect("json");
+    let id = list
+        .iter()
+        .find(|s| s["protocol"] == "http")
+        .expect("http session")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let _ = web.upstream.port;
+    let start = Instant::now();
+    loop {
+        let export = web.w.gateway.admin(&["export", &id, "--format", "jsonl"]);
+        let text = stdout(&export);
+        if text.contains("websocket closed") {
+            assert!(text.contains("http GET /ws"), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
