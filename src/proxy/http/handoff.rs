@@ -16,9 +16,16 @@ use crate::secret::Secret;
 pub const CALLBACK_PATH: &str = "/.drawbridge/callback";
 const CODE_TTL: Duration = Duration::from_secs(60);
 
+/// A code's token, the host allowed to redeem it, and when it was issued.
+struct Pending {
+    token: Secret<String>,
+    host: String,
+    issued: Instant,
+}
+
 #[derive(Default)]
 pub struct Handoff {
-    codes: Mutex<HashMap<String, (Secret<String>, String, Instant)>>,
+    codes: Mutex<HashMap<String, Pending>>,
 }
 
 impl Handoff {
@@ -43,8 +50,8 @@ impl Handoff {
     /// The token for `code`, once, and only on the host it was issued for.
     pub fn redeem(&self, code: &str, host: &str) -> Option<Secret<String>> {
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-        let (token, for_host, at) = codes.remove(code)?;
-        (for_host == host && at.elapsed() < CODE_TTL).then_some(token)
+        let pending = codes.remove(code)?;
+        (pending.host == host && pending.issued.elapsed() < CODE_TTL).then_some(pending.token)
     }
 }
 
