@@ -39,10 +39,14 @@ impl Handoff {
         let now = Instant::now();
         // Held for an insert and a sweep of expired codes; never across IO.
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-        codes.retain(|_, (_, _, at)| now.duration_since(*at) < CODE_TTL);
+        codes.retain(|_, p| now.duration_since(p.issued) < CODE_TTL);
         codes.insert(
             code.clone(),
-            (Secret::new(token.to_string()), host.to_string(), now),
+            Pending {
+                token: Secret::new(token.to_string()),
+                host: host.to_string(),
+                issued: now,
+            },
         );
         Some(code)
     }
