@@ -136,6 +136,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         apps_domain: config.http.apps_domain.clone(),
         jwks: http_signer.jwks(),
         handoff: handoff.clone(),
+        audit: audit.clone(),
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;

@@ -446,3 +446,56 @@ fn policy_explain_names_the_deciding_policies_and_the_way_in() {
         stdout(&o)
     );
 }
+
+#[test]
+fn logins_and_every_transition_reach_the_audit_log_and_sessions_filter() {
+    let w = World::new();
+    let o = w.alice.login_with("wrong", &w.alice.code());
+    assert!(!o.status.success());
+    let grant = w.grant_alice("web-1", "root", "30m");
+    assert!(w.alice.ssh_run("root@web-1", "true").status.success());
+    assert!(w.bob.cli(&["revoke", &grant.to_string()]).status.success());
+    let start = Instant::now();
+    let wanted = [
+        "login.failed",
+        "login.ok",
+        "access.request_created",
+        "access.approval_counted",
+        "access.approved",
+        "session.start",
+        "access.revoked",
+    ];
+    loop {
+        let o = w.gateway.admin(&["audit", "--json"]);
+        let text = stdout(&o);
+        if wanted.iter().all(|k| text.contains(&format!("\"{k}\""))) {
+            assert!(
+                !text.contains("pw-alice") && !text.contains("dbt_"),
+                "no secret in the audit log"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "missing audit kinds in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let count = |args: &[&str]| {
+        let mut all = vec!["sessions", "--json"];
+        all.extend_from_slice(args);
+        let o = w.bob.cli(&all);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout)
+            .expect("json")
+            .len()
+    };
+    assert_eq!(count(&[]), 1);
+    assert_eq!(
+        count(&["--user", "alice", "--protocol", "ssh", "--since", "10m"]),
+        1
+    );
+    assert_eq!(count(&["--user", "bob"]), 0);
+    assert_eq!(count(&["--target", "web-2"]), 0);
+    assert_eq!(count(&["--until", "1h"]), 0);
+    assert_eq!(count(&["--live"]), 0);
+}

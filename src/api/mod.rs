@@ -42,6 +42,16 @@ pub struct ApiState {
     pub jwks: serde_json::Value,
     /// One-time codes that carry a browser login over to an app.
     pub handoff: Arc<crate::proxy::http::Handoff>,
+    pub audit: crate::recording::AuditLog,
+}
+
+impl ApiState {
+    /// Writes one audit record; a failure is logged, never shown to the client.
+    pub fn audit_event(&self, kind: &str, actor: &str, subject: &str, details: &str) {
+        if let Err(e) = self.audit.event(kind, actor, subject, details) {
+            tracing::error!(error = %e, kind, "cannot write the audit record");
+        }
+    }
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -140,9 +150,16 @@ async fn login(
     let now = time::now();
     let password = Secret::new(body.password);
     let identity =
-        identity::by_password_totp(s.store.as_ref(), &body.user, &password, &body.totp, now)
+        match identity::by_password_totp(s.store.as_ref(), &body.user, &password, &body.totp, now)
             .await
-            .inspect_err(|e| tracing::info!(user = body.user, error = %e, "login refused"))?;
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::info!(user = body.user, error = %e, "login refused");
+                s.audit_event("login.failed", &body.user, "api", &e.to_string());
+                return Err(e.into());
+            }
+        };
     let token = identity::issue_token(
         s.store.as_ref(),
         &identity,
@@ -151,6 +168,7 @@ async fn login(
     )
     .await?;
     tracing::info!(user = identity.name(), "login");
+    s.audit_event("login.ok", identity.name(), "api", "password+totp");
     Ok(Json(LoginResponse {
         user: identity.name().to_string(),
         token: token.value().expose().clone(),

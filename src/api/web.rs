@@ -141,6 +141,7 @@ pub async fn login_submit(State(s): State<Arc<ApiState>>, Form(form): Form<Login
             Ok(identity) => identity,
             Err(e) => {
                 tracing::info!(user = form.user, error = %e, "web login refused");
+                s.audit_event("login.failed", &form.user, "web", &e.to_string());
                 return (
                     StatusCode::UNAUTHORIZED,
                     page(&next, Some("invalid credentials")),
@@ -157,6 +158,7 @@ pub async fn login_submit(State(s): State<Arc<ApiState>>, Form(form): Form<Login
         }
     };
     tracing::info!(user = identity.name(), "web login");
+    s.audit_event("login.ok", identity.name(), "web", "password+totp");
     // Host-only: apps get their own cookie through the one-time-code handoff.
     // HttpOnly keeps scripts away from it; Lax keeps it off cross-site subrequests.
     let token = token.value().expose();

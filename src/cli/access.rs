@@ -99,10 +99,51 @@ pub struct IdArgs {
 #[derive(Args)]
 pub struct SessionsArgs {
     /// Only live sessions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ended")]
     live: bool,
+    /// Only ended sessions.
+    #[arg(long)]
+    ended: bool,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// ssh, http, postgres
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Started at or after this time (RFC 3339, e.g. 2026-11-29T10:00:00Z) or this
+    /// long ago (e.g. 2h).
+    #[arg(long, value_parser = parse_when)]
+    since: Option<i64>,
+    /// Started before this time (same forms as --since).
+    #[arg(long, value_parser = parse_when)]
+    until: Option<i64>,
     #[arg(long)]
     json: bool,
+}
+
+/// An RFC 3339 time, or a duration meaning "that long ago".
+fn parse_when(s: &str) -> Result<i64, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .map_err(|e| e.to_string());
+    }
+    let ago = time::parse_duration(s)?;
+    Ok(time::now() - ago.as_secs() as i64)
+}
+
+impl SessionsArgs {
+    fn keeps(&self, s: &SessionView) -> bool {
+        (!self.live || s.live)
+            && (!self.ended || !s.live)
+            && self.user.as_ref().is_none_or(|u| &s.user == u)
+            && self.target.as_ref().is_none_or(|t| &s.target == t)
+            && self.protocol.as_ref().is_none_or(|p| &s.protocol == p)
+            && self.since.is_none_or(|t| s.started_at >= t)
+            && self.until.is_none_or(|t| s.started_at < t)
+    }
 }
 
 fn prompt(label: &str) -> anyhow::Result<String> {
@@ -341,7 +382,7 @@ pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let list: Vec<SessionView> = client
         .call(Method::GET, "/api/v1/sessions", None::<&()>)
         .await?;
-    let list: Vec<_> = list.into_iter().filter(|s| !args.live || s.live).collect();
+    let list: Vec<_> = list.into_iter().filter(|s| args.keeps(s)).collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
