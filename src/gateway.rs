@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::credentials::SshCertificateAuthority;
+use crate::credentials::{PgRoleMinter, SshCertificateAuthority};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
+use crate::proxy::postgres::{self, PostgresFront};
 use crate::proxy::ssh::{SshFront, SshUpstream};
 use crate::session::{self, EndReason, Pipeline, Registry};
 use crate::store::{SqliteStore, Store};
@@ -94,12 +95,15 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         store.clone(),
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
+        PgRoleMinter {
+            connect_timeout: config.postgres.connect_timeout,
+        },
         config.recordings_dir.clone(),
         keys.recording.clone(),
         registry.clone(),
     ));
     let ssh = Arc::new(SshFront::new(
-        pipeline,
+        pipeline.clone(),
         store.clone(),
         keys.ssh_host.clone(),
         SshUpstream {
@@ -108,6 +112,13 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     ));
     let tls =
         api::server_tls_config(&keys.tls_cert_pem, keys.tls_key_pem.expose()).map_err(setup)?;
+    let pg = Arc::new(PostgresFront::new(
+        pipeline,
+        store.clone(),
+        &tls,
+        config.postgres.allow_plaintext_loopback,
+        config.postgres.connect_timeout,
+    ));
     let router = api::router(Arc::new(ApiState {
         store: store.clone(),
         access: access.clone(),
@@ -116,10 +127,12 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;
+    let pg_listener = bind(config.postgres.listen).await?;
     let api_listener = bind(config.api.listen).await?;
-    // Tests and scripts read these two lines to learn the actual ports (the config
+    // Tests and scripts read these lines to learn the actual ports (the config
     // may say port 0).
     println!("drawbridge: ssh listening on {}", local(&ssh_listener));
+    println!("drawbridge: postgres listening on {}", local(&pg_listener));
     println!("drawbridge: https listening on {}", local(&api_listener));
     if store.list_users().await.map_err(setup)?.is_empty() {
         println!(
@@ -142,7 +155,14 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             policy_files,
         )),
     ];
+    // Leftover session roles of a crashed run; in the background so an
+    // unreachable target does not delay the start.
+    tokio::spawn(postgres::sweep_leftover_roles(
+        store.clone(),
+        config.postgres.connect_timeout,
+    ));
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));
+    let pg_task = tokio::spawn(pg.run(pg_listener, stop_rx.clone()));
     let api_task = tokio::spawn(api::serve_tls(api_listener, tls, router, stop_rx));
 
     wait_for_signal().await;
@@ -151,7 +171,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     registry.end_where(|_| true, EndReason::Shutdown);
     drain(&registry).await;
     background.iter().for_each(|task| task.abort());
-    let _ = tokio::join!(ssh_task, api_task);
+    let _ = tokio::join!(ssh_task, pg_task, api_task);
     Ok(())
 }
 

@@ -341,8 +341,10 @@ mod tests {
             .collect();
         assert!(routes.len() >= 10, "{routes:?}");
         for route in routes {
-            assert!(spec.contains(&format!("  {route}:")), "{route} missing from proto/openapi.yaml");
+            assert!(
+                spec.contains(&format!("  {route}:")),
+                "{route} missing from proto/openapi.yaml"
+            );
         }
     }
 }
-

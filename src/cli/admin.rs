@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::identity::{self, TotpSecret};
 use crate::proxy::ssh::parse_host_key;
 use crate::secret::Secret;
-use crate::store::{NewUser, SshKeyRow, Store, Target};
+use crate::store::{NewUser, PostgresSettings, SecretSource, SshKeyRow, Store, Target};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -45,7 +45,7 @@ pub struct UserAddArgs {
 
 #[derive(Subcommand)]
 pub enum TargetCommand {
-    /// Register an SSH target.
+    /// Register an SSH target (pinned host key) or a PostgreSQL target (admin role).
     Add(TargetAddArgs),
     /// List targets.
     List,
@@ -54,9 +54,14 @@ pub enum TargetCommand {
 #[derive(Args)]
 pub struct TargetAddArgs {
     name: String,
-    /// host:port of the target's sshd.
+    /// `ssh` or `postgres`.
+    #[arg(long, default_value = "ssh", value_parser = ["ssh", "postgres"])]
+    protocol: String,
+    /// host:port of the target's sshd or PostgreSQL server.
     #[arg(long)]
     address: String,
+    #[command(flatten)]
+    postgres: PostgresTargetArgs,
     /// The target's host public key (`ssh-ed25519 AAAA…`), pinned.
     #[arg(long, conflicts_with = "host_key_file")]
     host_key: Option<String>,
@@ -66,6 +71,64 @@ pub struct TargetAddArgs {
     /// A label (repeatable), e.g. `--label env=prod`.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+}
+
+/// PostgreSQL targets only. The admin password is never stored: the gateway
+/// reads it from the variable or file each time it creates or drops a role.
+#[derive(Args)]
+pub struct PostgresTargetArgs {
+    /// The role that creates and drops session roles (CREATEROLE, or superuser).
+    #[arg(long)]
+    admin_user: Option<String>,
+    /// Environment variable (of the gateway process) holding the admin password.
+    #[arg(long, conflicts_with = "admin_password_file")]
+    admin_password_env: Option<String>,
+    /// File holding the admin password (first line).
+    #[arg(long)]
+    admin_password_file: Option<PathBuf>,
+    /// Database used when the client names none, and for admin connections.
+    #[arg(long)]
+    database: Option<String>,
+    /// Connect with TLS, verifying the target's certificate against this CA (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+impl PostgresTargetArgs {
+    fn is_empty(&self) -> bool {
+        self.admin_user.is_none()
+            && self.admin_password_env.is_none()
+            && self.admin_password_file.is_none()
+            && self.database.is_none()
+            && self.tls_ca.is_none()
+    }
+
+    fn settings(self) -> anyhow::Result<PostgresSettings> {
+        let admin_user = self
+            .admin_user
+            .ok_or_else(|| anyhow::anyhow!("a PostgreSQL target needs --admin-user"))?;
+        let admin_password = match (self.admin_password_env, self.admin_password_file) {
+            (Some(var), _) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(std::path::absolute(&path)?),
+            (None, None) => anyhow::bail!(
+                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+            ),
+        };
+        let tls_ca = match self.tls_ca {
+            Some(ca) => {
+                // Checked now so a typo fails here, not at the first session.
+                crate::proxy::postgres::tls::client_config(&ca).map_err(anyhow::Error::msg)?;
+                Some(std::path::absolute(&ca)?)
+            }
+            None => None,
+        };
+        Ok(PostgresSettings {
+            admin_user,
+            admin_password,
+            database: self.database,
+            tls_ca,
+        })
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -166,7 +229,14 @@ async fn add_user(store: &dyn Store, args: UserAddArgs) -> anyhow::Result<()> {
 pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<ExitCode> {
     let store = crate::gateway::open_store(config)?;
     match command {
+        TargetCommand::Add(args) if args.protocol == "postgres" => {
+            add_postgres_target(store.as_ref(), args).await?
+        }
         TargetCommand::Add(args) => {
+            anyhow::ensure!(
+                args.postgres.is_empty(),
+                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres"
+            );
             let host_key = match (args.host_key, args.host_key_file) {
                 (Some(k), _) => k,
                 (None, Some(path)) => std::fs::read_to_string(&path)
@@ -184,6 +254,7 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
                     address: args.address,
                     host_key: key.to_openssh()?,
                     labels,
+                    postgres: None,
                 })
                 .await?;
             println!(
@@ -207,4 +278,29 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.host_key.is_none() && args.host_key_file.is_none(),
+        "--host-key is for SSH targets; a PostgreSQL target is verified with --tls-ca"
+    );
+    let settings = args.postgres.settings()?;
+    let tls = if settings.tls_ca.is_some() {
+        "TLS verified against the given CA"
+    } else {
+        "no TLS upstream"
+    };
+    store
+        .create_target(Target {
+            name: args.name.clone(),
+            protocol: "postgres".into(),
+            address: args.address,
+            host_key: String::new(),
+            labels: args.labels.into_iter().collect(),
+            postgres: Some(settings),
+        })
+        .await?;
+    println!("created PostgreSQL target {} ({tls})", args.name);
+    Ok(())
 }

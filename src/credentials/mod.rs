@@ -5,8 +5,10 @@
 //! [`Authorization`](crate::access::Authorization), so no code path can reach the
 //! connect stage without passing authorize first.
 
+mod pg_role;
 mod ssh_cert;
 
+pub use pg_role::{EphemeralRole, PgRoleMinter, quote_ident, quote_literal, role_name};
 pub use ssh_cert::{SshCertificateAuthority, SshCredential};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,4 +21,6 @@ pub enum CredentialError {
 #[derive(Debug)]
 pub enum Credential {
     Ssh(SshCredential),
+    /// A role created on the target for this session only.
+    Postgres(EphemeralRole),
 }

@@ -1,4 +1,5 @@
 //! Protocol fronts. Each drives the session pipeline with its own wording and
 //! relays bytes; none decides who may do what.
 
+pub mod postgres;
 pub mod ssh;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, Authorization};
-use crate::credentials::{Credential, SshCertificateAuthority};
+use crate::credentials::{Credential, PgRoleMinter, SshCertificateAuthority};
 use crate::identity::Identity;
 use crate::recording::{Recorder, RecordingError, RecordingKey, SessionMeta};
 use crate::store::{SessionRow, Store, Target};
@@ -30,6 +30,7 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     access: Arc<Access>,
     ssh_ca: SshCertificateAuthority,
+    pg_roles: PgRoleMinter,
     recordings_dir: PathBuf,
     recording_key: Arc<RecordingKey>,
     registry: Registry,
@@ -56,6 +57,7 @@ impl Pipeline {
         store: Arc<dyn Store>,
         access: Arc<Access>,
         ssh_ca: SshCertificateAuthority,
+        pg_roles: PgRoleMinter,
         recordings_dir: PathBuf,
         recording_key: Arc<RecordingKey>,
         registry: Registry,
@@ -64,6 +66,7 @@ impl Pipeline {
             store,
             access,
             ssh_ca,
+            pg_roles,
             recordings_dir,
             recording_key,
             registry,
@@ -74,7 +77,7 @@ impl Pipeline {
         &self.registry
     }
 
-    fn mint(
+    async fn mint(
         &self,
         protocol: &str,
         auth: &Authorization,
@@ -86,6 +89,9 @@ impl Pipeline {
                 session_id,
                 time::now(),
             )?)),
+            "postgres" => Ok(Credential::Postgres(
+                self.pg_roles.mint(auth, session_id, time::now()).await?,
+            )),
             other => Err(SessionError::Internal(format!(
                 "no credential kind for {other}"
             ))),
@@ -113,7 +119,7 @@ impl Pipeline {
             ));
         }
         let id = super::new_session_id().map_err(|e| SessionError::Internal(e.to_string()))?;
-        let credential = self.mint(U::PROTOCOL, &auth, &id)?;
+        let credential = self.mint(U::PROTOCOL, &auth, &id).await?;
         let connection = upstream.connect(auth.target(), credential).await?;
         let session = self.start(&id, &auth, U::PROTOCOL).await?;
         tracing::info!(

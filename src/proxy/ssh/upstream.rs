@@ -66,10 +66,12 @@ impl Upstream for SshUpstream {
         target: &Target,
         credential: Credential,
     ) -> Result<UpstreamConnection, UpstreamError> {
-        let Credential::Ssh(credential) = credential;
         let protocol_error = |reason: String| UpstreamError::Protocol {
             target: target.name.clone(),
             reason,
+        };
+        let Credential::Ssh(credential) = credential else {
+            return Err(protocol_error("not an SSH credential".into()));
         };
         let pinned = parse_host_key(&target.host_key)
             .map_err(|e| protocol_error(format!("pinned host key: {e}")))?;
