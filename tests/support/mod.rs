@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
+pub mod pg;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 
 pub fn free_port() -> u16 {
@@ -128,6 +130,7 @@ pub struct Gateway {
     pub dir: TempDir,
     pub config: PathBuf,
     pub ssh_port: u16,
+    pub pg_port: u16,
     pub api_addr: String,
     child: Child,
 }
@@ -144,7 +147,7 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "{extra}\n[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
+                "{extra}\n[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[postgres]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"5s\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
             ),
         )
         .expect("config");
@@ -160,8 +163,8 @@ impl Gateway {
             .expect("spawn gateway");
         let out = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(out).lines();
-        let (mut ssh_port, mut api_addr) = (None, None);
-        while ssh_port.is_none() || api_addr.is_none() {
+        let (mut ssh_port, mut pg_port, mut api_addr) = (None, None, None);
+        while ssh_port.is_none() || pg_port.is_none() || api_addr.is_none() {
             let line = lines
                 .next()
                 .unwrap_or_else(|| {
@@ -174,6 +177,9 @@ impl Gateway {
             if let Some(addr) = line.strip_prefix("drawbridge: ssh listening on ") {
                 ssh_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             }
+            if let Some(addr) = line.strip_prefix("drawbridge: postgres listening on ") {
+                pg_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            }
             if let Some(addr) = line.strip_prefix("drawbridge: https listening on ") {
                 api_addr = Some(addr.to_string());
             }
@@ -183,6 +189,7 @@ impl Gateway {
         Gateway {
             config,
             ssh_port: ssh_port.expect("ssh port"),
+            pg_port: pg_port.expect("postgres port"),
             api_addr: api_addr.expect("api addr"),
             child,
             dir,
