@@ -65,7 +65,8 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
             .await;
         }
     };
-    if !tls && !(front.allow_plaintext_loopback && peer.ip().is_loopback()) {
+    let plaintext_allowed = front.allow_plaintext_loopback && peer.ip().is_loopback();
+    if !tls && !plaintext_allowed {
         return refuse(
             &mut stream,
             "28000",

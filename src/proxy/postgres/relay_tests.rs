@@ -11,11 +11,9 @@ fn frames(list: &[(u8, &[u8])]) -> BytesMut {
     out
 }
 
-fn scan_all(
-    scanner: &mut Scanner,
-    input: &[u8],
-    tapped: &[u8],
-) -> (usize, Vec<(char, Option<Vec<u8>>)>) {
+type Seen = Vec<(char, Option<Vec<u8>>)>;
+
+fn scan_all(scanner: &mut Scanner, input: &[u8], tapped: &[u8]) -> (usize, Seen) {
     let mut seen = Vec::new();
     let n = scanner
         .scan(input, tapped, |tag, body| {
