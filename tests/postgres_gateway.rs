@@ -331,6 +331,11 @@ async fn drivers_get_prepared_statements_cancel_and_sqlstates_from_the_wire() {
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // The client is gone with the task; the recording is sealed when the gateway
+    // notices, so wait for the seal rather than a fixed time.
+    assert!(wait_until(Duration::from_secs(10), || w
+        .recordings()
+        .contains("client disconnected")));
     let recorded = w.recordings();
     assert!(
         recorded.contains("parse \"s0\": INSERT INTO items VALUES ($1, $2)")
