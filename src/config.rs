@@ -19,6 +19,7 @@ pub struct Config {
     /// Cedar schema and policies; built-in defaults when absent.
     pub policies_dir: PathBuf,
     pub ssh: SshConfig,
+    pub postgres: PostgresConfig,
     pub api: ApiConfig,
     pub http: HttpConfig,
     pub access: AccessConfig,
@@ -64,6 +65,19 @@ pub struct SshConfig {
     #[serde(with = "serde_duration")]
     pub upstream_cert_ttl: Duration,
     /// How long to wait for a target to accept TCP and finish the SSH handshake.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub listen: SocketAddr,
+    /// Development only: accept clients without TLS when they connect from a
+    /// loopback address (their token would otherwise cross the network in clear).
+    pub allow_plaintext_loopback: bool,
+    /// How long to wait for a target to accept TCP and finish logging in, and for
+    /// admin connections that create and drop session roles.
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
 }
@@ -136,6 +150,7 @@ impl Default for Config {
             recordings_dir: "recordings".into(),
             policies_dir: "policies".into(),
             ssh: SshConfig::default(),
+            postgres: PostgresConfig::default(),
             api: ApiConfig::default(),
             http: HttpConfig::default(),
             access: AccessConfig::default(),
@@ -150,6 +165,16 @@ impl Default for SshConfig {
         SshConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             upstream_cert_ttl: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            allow_plaintext_loopback: false,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -237,6 +262,9 @@ impl Config {
                 ));
             }
         }
+        if self.postgres.connect_timeout.is_zero() {
+            problems.push("postgres.connect_timeout must be positive".to_string());
+        }
         if self.access.max_grant.is_zero() {
             problems.push("access.max_grant must be positive".to_string());
         }
@@ -269,6 +297,8 @@ mod tests {
         let c = Config::load(None).expect("defaults are valid");
         assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.postgres.listen.to_string(), "127.0.0.1:6432");
+        assert!(!c.postgres.allow_plaintext_loopback);
         assert_eq!(c.data_dir, PathBuf::from("data"));
     }
 

@@ -12,11 +12,12 @@ use tokio::sync::watch;
 use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
 use crate::api::{self, ApiState, HttpsFront, LocalCa};
 use crate::config::Config;
-use crate::credentials::{AssertionSigner, SshCertificateAuthority};
+use crate::credentials::{AssertionSigner, PgRoleMinter, SshCertificateAuthority};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
 use crate::proxy::http::{Handoff, HttpFront, HttpUpstream};
+use crate::proxy::postgres::{self, PostgresFront};
 use crate::proxy::ssh::{SshFront, SshUpstream};
 use crate::recording::audit::{AuditIndex, audit_dir};
 use crate::recording::{AuditLog, recovery};
@@ -102,6 +103,9 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
         http_signer.clone(),
+        PgRoleMinter {
+            connect_timeout: config.postgres.connect_timeout,
+        },
         RecordingSetup {
             dir: config.recordings_dir.clone(),
             key: keys.recording.clone(),
@@ -127,6 +131,13 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         .map_err(setup)?,
     )
     .map_err(setup)?;
+    let pg = Arc::new(PostgresFront::new(
+        pipeline.clone(),
+        store.clone(),
+        &tls,
+        config.postgres.allow_plaintext_loopback,
+        config.postgres.connect_timeout,
+    ));
     let handoff = Arc::new(Handoff::default());
     let router = api::router(Arc::new(ApiState {
         store: store.clone(),
@@ -140,6 +151,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;
+    let pg_listener = bind(config.postgres.listen).await?;
     let api_listener = bind(config.api.listen).await?;
     let https_port = api_listener
         .local_addr()
@@ -156,9 +168,10 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             handoff,
         )),
     });
-    // Tests and scripts read these two lines to learn the actual ports (the config
+    // Tests and scripts read these lines to learn the actual ports (the config
     // may say port 0).
     println!("drawbridge: ssh listening on {}", local(&ssh_listener));
+    println!("drawbridge: postgres listening on {}", local(&pg_listener));
     println!("drawbridge: https listening on {}", local(&api_listener));
     if store.list_users().await.map_err(setup)?.is_empty() {
         println!(
@@ -181,7 +194,14 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             policy_files,
         )),
     ];
+    // Leftover session roles of a crashed run; in the background so an
+    // unreachable target does not delay the start.
+    tokio::spawn(postgres::sweep_leftover_roles(
+        store.clone(),
+        config.postgres.connect_timeout,
+    ));
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));
+    let pg_task = tokio::spawn(pg.run(pg_listener, stop_rx.clone()));
     let api_task = tokio::spawn(api::serve_tls(api_listener, tls, https, stop_rx));
 
     wait_for_signal().await;
@@ -190,7 +210,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     registry.end_where(|_| true, EndReason::Shutdown);
     drain(&registry).await;
     background.iter().for_each(|task| task.abort());
-    let _ = tokio::join!(ssh_task, api_task);
+    let _ = tokio::join!(ssh_task, pg_task, api_task);
     let stopped = audit.event("gateway.stop", "gateway", "", "clean shutdown");
     if let Err(e) = stopped.and(audit.close("gateway stopped").await.map(|_| ())) {
         tracing::error!(error = %e, "cannot seal the audit log; it is sealed as interrupted on the next start");

@@ -52,6 +52,7 @@ async fn target(store: &SqliteStore, name: &str, env: &str) {
             address: "127.0.0.1:22".into(),
             host_key: String::new(),
             labels: BTreeMap::from([("env".to_string(), env.to_string())]),
+            postgres: None,
         })
         .await
         .expect("target");

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::identity::{self, TotpSecret};
 use crate::proxy::ssh::parse_host_key;
 use crate::secret::Secret;
-use crate::store::{NewUser, SshKeyRow, Store, Target};
+use crate::store::{NewUser, PostgresSettings, SecretSource, SshKeyRow, Store, Target};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -43,9 +43,11 @@ pub struct UserAddArgs {
     password_stdin: bool,
 }
 
+// Parsed once per command run; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum TargetCommand {
-    /// Register an SSH target.
+    /// Register an SSH target (pinned host key) or a PostgreSQL target (admin role).
     Add(TargetAddArgs),
     /// List targets.
     List,
@@ -55,11 +57,13 @@ pub enum TargetCommand {
 pub struct TargetAddArgs {
     name: String,
     /// What the target speaks.
-    #[arg(long, value_parser = ["ssh", "http"], default_value = "ssh")]
+    #[arg(long, default_value = "ssh", value_parser = ["ssh", "http", "postgres"])]
     protocol: String,
-    /// host:port of the target's server (sshd, or the HTTP app).
+    /// host:port of the target's server (sshd, the HTTP app, PostgreSQL).
     #[arg(long)]
     address: String,
+    #[command(flatten)]
+    postgres: PostgresTargetArgs,
     /// SSH: the target's host public key (`ssh-ed25519 AAAA…`), pinned.
     #[arg(long, conflicts_with = "host_key_file")]
     host_key: Option<String>,
@@ -69,6 +73,64 @@ pub struct TargetAddArgs {
     /// A label (repeatable), e.g. `--label env=prod`.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+}
+
+/// PostgreSQL targets only. The admin password is never stored: the gateway
+/// reads it from the variable or file each time it creates or drops a role.
+#[derive(Args)]
+pub struct PostgresTargetArgs {
+    /// The role that creates and drops session roles (CREATEROLE, or superuser).
+    #[arg(long)]
+    admin_user: Option<String>,
+    /// Environment variable (of the gateway process) holding the admin password.
+    #[arg(long, conflicts_with = "admin_password_file")]
+    admin_password_env: Option<String>,
+    /// File holding the admin password (first line).
+    #[arg(long)]
+    admin_password_file: Option<PathBuf>,
+    /// Database used when the client names none, and for admin connections.
+    #[arg(long)]
+    database: Option<String>,
+    /// Connect with TLS, verifying the target's certificate against this CA (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+impl PostgresTargetArgs {
+    fn is_empty(&self) -> bool {
+        self.admin_user.is_none()
+            && self.admin_password_env.is_none()
+            && self.admin_password_file.is_none()
+            && self.database.is_none()
+            && self.tls_ca.is_none()
+    }
+
+    fn settings(self) -> anyhow::Result<PostgresSettings> {
+        let admin_user = self
+            .admin_user
+            .ok_or_else(|| anyhow::anyhow!("a PostgreSQL target needs --admin-user"))?;
+        let admin_password = match (self.admin_password_env, self.admin_password_file) {
+            (Some(var), _) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(std::path::absolute(&path)?),
+            (None, None) => anyhow::bail!(
+                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+            ),
+        };
+        let tls_ca = match self.tls_ca {
+            Some(ca) => {
+                // Checked now so a typo fails here, not at the first session.
+                crate::proxy::postgres::tls::client_config(&ca).map_err(anyhow::Error::msg)?;
+                Some(std::path::absolute(&ca)?)
+            }
+            None => None,
+        };
+        Ok(PostgresSettings {
+            admin_user,
+            admin_password,
+            database: self.database,
+            tls_ca,
+        })
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -195,6 +257,7 @@ async fn add_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()
             address: args.address,
             host_key,
             labels,
+            postgres: None,
         })
         .await?;
     println!(
@@ -207,7 +270,16 @@ async fn add_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()
 pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<ExitCode> {
     let store = crate::gateway::open_store(config)?;
     match command {
-        TargetCommand::Add(args) => add_target(store.as_ref(), args).await?,
+        TargetCommand::Add(args) if args.protocol == "postgres" => {
+            add_postgres_target(store.as_ref(), args).await?
+        }
+        TargetCommand::Add(args) => {
+            anyhow::ensure!(
+                args.postgres.is_empty(),
+                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres"
+            );
+            add_target(store.as_ref(), args).await?
+        }
         TargetCommand::List => {
             for t in store.list_targets().await? {
                 let labels: Vec<String> =
@@ -223,4 +295,29 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.host_key.is_none() && args.host_key_file.is_none(),
+        "--host-key is for SSH targets; a PostgreSQL target is verified with --tls-ca"
+    );
+    let settings = args.postgres.settings()?;
+    let tls = if settings.tls_ca.is_some() {
+        "TLS verified against the given CA"
+    } else {
+        "no TLS upstream"
+    };
+    store
+        .create_target(Target {
+            name: args.name.clone(),
+            protocol: "postgres".into(),
+            address: args.address,
+            host_key: String::new(),
+            labels: args.labels.into_iter().collect(),
+            postgres: Some(settings),
+        })
+        .await?;
+    println!("created PostgreSQL target {} ({tls})", args.name);
+    Ok(())
 }

@@ -6,9 +6,11 @@
 //! connect stage without passing authorize first.
 
 mod http_assertion;
+mod pg_role;
 mod ssh_cert;
 
 pub use http_assertion::{AssertionSigner, HttpCredential, MAX_TTL_SECS};
+pub use pg_role::{EphemeralRole, PgRoleMinter, quote_ident, quote_literal, role_name};
 pub use ssh_cert::{SshCertificateAuthority, SshCredential};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +20,12 @@ pub enum CredentialError {
 }
 
 /// A minted upstream credential, one variant per kind of upstream.
+// One per session, moved once into `connect`: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Credential {
-    // Boxed: both are hundreds of bytes and are moved through the pipeline.
     Ssh(Box<SshCredential>),
     Http(Box<HttpCredential>),
+    /// A role created on the target for this session only.
+    Postgres(EphemeralRole),
 }

@@ -2,4 +2,5 @@
 //! relays bytes; none decides who may do what.
 
 pub mod http;
+pub mod postgres;
 pub mod ssh;

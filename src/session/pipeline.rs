@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, Authorization};
 use crate::config::RecordingConfig;
-use crate::credentials::{AssertionSigner, Credential, SshCertificateAuthority};
+use crate::credentials::{AssertionSigner, Credential, PgRoleMinter, SshCertificateAuthority};
 use crate::identity::Identity;
 use crate::recording::{
     AuditLog, RecordSink, Recorder, RecordingError, RecordingKey, SessionMeta, Writer,
@@ -34,6 +34,7 @@ pub struct Pipeline {
     access: Arc<Access>,
     ssh_ca: SshCertificateAuthority,
     http_signer: Arc<AssertionSigner>,
+    pg_roles: PgRoleMinter,
     recordings_dir: PathBuf,
     recording_key: Arc<RecordingKey>,
     recording: RecordingConfig,
@@ -73,6 +74,7 @@ impl Pipeline {
         access: Arc<Access>,
         ssh_ca: SshCertificateAuthority,
         http_signer: Arc<AssertionSigner>,
+        pg_roles: PgRoleMinter,
         recording: RecordingSetup,
         registry: Registry,
     ) -> Self {
@@ -81,6 +83,7 @@ impl Pipeline {
             access,
             ssh_ca,
             http_signer,
+            pg_roles,
             recordings_dir: recording.dir,
             recording_key: recording.key,
             recording: recording.config,
@@ -93,7 +96,7 @@ impl Pipeline {
         &self.registry
     }
 
-    fn mint(
+    async fn mint(
         &self,
         protocol: &str,
         auth: &Authorization,
@@ -108,6 +111,9 @@ impl Pipeline {
             "http" => Ok(Credential::Http(Box::new(
                 self.http_signer.for_session(auth, session_id),
             ))),
+            "postgres" => Ok(Credential::Postgres(
+                self.pg_roles.mint(auth, session_id, time::now()).await?,
+            )),
             other => Err(SessionError::Internal(format!(
                 "no credential kind for {other}"
             ))),
@@ -135,7 +141,7 @@ impl Pipeline {
             ));
         }
         let id = super::new_session_id().map_err(|e| SessionError::Internal(e.to_string()))?;
-        let credential = self.mint(U::PROTOCOL, &auth, &id)?;
+        let credential = self.mint(U::PROTOCOL, &auth, &id).await?;
         let connection = upstream.connect(auth.target(), credential).await?;
         let session = self.start(&id, &auth, U::PROTOCOL).await?;
         tracing::info!(

@@ -1,8 +1,9 @@
 //! Rows the store hands back. Plain data: checks that give them meaning (is this
 //! grant usable now? is this user allowed in?) live in `identity` and `access`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use crate::time::UnixTime;
 
@@ -51,6 +52,46 @@ pub struct Target {
     /// The pinned host key in OpenSSH public-key form.
     pub host_key: String,
     pub labels: BTreeMap<String, String>,
+    /// Only for `protocol = "postgres"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSettings>,
+}
+
+/// How the gateway reaches a PostgreSQL target. Nothing here is secret: the admin
+/// password is named by where to read it, and read only when it is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresSettings {
+    /// The role that creates and drops the ephemeral session roles.
+    pub admin_user: String,
+    pub admin_password: SecretSource,
+    /// Used when the client names no database, and for admin connections.
+    pub database: Option<String>,
+    /// A CA (PEM) that the target's certificate must chain to; TLS is used
+    /// upstream exactly when this is set.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Where a secret is read from at the moment it is needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    pub fn read(&self) -> Result<crate::secret::Secret<String>, String> {
+        let value = match self {
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|e| format!("environment variable {var}: {e}"))?
+            }
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        };
+        Ok(crate::secret::Secret::new(value))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS targets (
     protocol TEXT NOT NULL,
     address TEXT NOT NULL,
     host_key TEXT NOT NULL,
-    labels TEXT NOT NULL
+    labels TEXT NOT NULL,
+    postgres TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
@@ -165,6 +166,9 @@ fn target_from_row(row: &Row<'_>) -> rusqlite::Result<Target> {
         address: row.get(2)?,
         host_key: row.get(3)?,
         labels: serde_json::from_str(&labels).unwrap_or_default(),
+        postgres: row
+            .get::<_, Option<String>>(5)?
+            .and_then(|json| serde_json::from_str(&json).ok()),
     })
 }
 
@@ -187,9 +191,26 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        Self::migrate(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Columns added after the first release, for state files made before them.
+    fn migrate(conn: &Connection) -> Result<()> {
+        let has_postgres: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('targets') WHERE name = 'postgres'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !has_postgres {
+            conn.execute_batch("ALTER TABLE targets ADD COLUMN postgres TEXT")
+                .map_err(db)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -419,10 +440,16 @@ impl Store for SqliteStore {
     async fn create_target(&self, target: Target) -> Result<()> {
         let labels = serde_json::to_string(&target.labels)
             .map_err(|e| StoreError::Database(e.to_string()))?;
+        let postgres = target
+            .postgres
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         self.lock()
             .execute(
-                "INSERT INTO targets (name, protocol, address, host_key, labels) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![target.name, target.protocol, target.address, target.host_key, labels],
+                "INSERT INTO targets (name, protocol, address, host_key, labels, postgres) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![target.name, target.protocol, target.address, target.host_key, labels, postgres],
             )
             .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
         Ok(())
@@ -431,7 +458,7 @@ impl Store for SqliteStore {
     async fn target(&self, name: &str) -> Result<Option<Target>> {
         self.lock()
             .query_row(
-                "SELECT name, protocol, address, host_key, labels FROM targets WHERE name = ?1",
+                "SELECT name, protocol, address, host_key, labels, postgres FROM targets WHERE name = ?1",
                 [name],
                 target_from_row,
             )
@@ -442,7 +469,9 @@ impl Store for SqliteStore {
     async fn list_targets(&self) -> Result<Vec<Target>> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT name, protocol, address, host_key, labels FROM targets ORDER BY name")
+            .prepare(
+                "SELECT name, protocol, address, host_key, labels, postgres FROM targets ORDER BY name",
+            )
             .map_err(db)?;
         let rows = stmt
             .query_map([], target_from_row)

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
+pub mod pg;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 
 pub fn free_port() -> u16 {
@@ -128,6 +130,7 @@ pub struct Gateway {
     pub dir: TempDir,
     pub config: PathBuf,
     pub ssh_port: u16,
+    pub pg_port: u16,
     pub api_addr: String,
     /// Extra config sections appended after `[ssh]` and `[api]`.
     extra_config: String,
@@ -144,12 +147,14 @@ impl Gateway {
     pub fn start_with(extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
-        write_config(&config, "127.0.0.1:0", "127.0.0.1:0", extra);
-        let (child, ssh_port, api_addr) = spawn_gateway(dir.path(), &config);
+        let any = "127.0.0.1:0";
+        write_config(&config, (any, any, any), extra);
+        let (child, ports) = spawn_gateway(dir.path(), &config);
         Gateway {
             config,
-            ssh_port,
-            api_addr,
+            ssh_port: ports.ssh,
+            pg_port: ports.pg,
+            api_addr: ports.api,
             extra_config: extra.to_string(),
             child,
             dir,
@@ -167,9 +172,17 @@ impl Gateway {
     pub fn restart(&mut self) {
         self.kill9();
         let ssh = format!("127.0.0.1:{}", self.ssh_port);
-        write_config(&self.config, &ssh, &self.api_addr, &self.extra_config);
-        let (child, ssh_port, api_addr) = spawn_gateway(self.dir.path(), &self.config);
-        assert_eq!((ssh_port, &api_addr), (self.ssh_port, &self.api_addr));
+        let pg = format!("127.0.0.1:{}", self.pg_port);
+        write_config(
+            &self.config,
+            (&ssh, &pg, &self.api_addr),
+            &self.extra_config,
+        );
+        let (child, ports) = spawn_gateway(self.dir.path(), &self.config);
+        assert_eq!(
+            (ports.ssh, ports.pg, &ports.api),
+            (self.ssh_port, self.pg_port, &self.api_addr)
+        );
         self.child = child;
     }
 
@@ -280,18 +293,27 @@ impl Gateway {
     }
 }
 
-fn write_config(path: &Path, ssh: &str, api: &str, extra: &str) {
+/// Listen addresses: (ssh, postgres, https).
+fn write_config(path: &Path, (ssh, pg, api): (&str, &str, &str), extra: &str) {
     std::fs::write(
         path,
         format!(
-            "{extra}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"{api}\"\n"
+            "{extra}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n\
+             [postgres]\nlisten = \"{pg}\"\nconnect_timeout = \"5s\"\n[api]\nlisten = \"{api}\"\n"
         ),
     )
     .expect("config");
 }
 
+/// The ports a gateway printed.
+struct Ports {
+    ssh: u16,
+    pg: u16,
+    api: String,
+}
+
 /// Runs `drawbridge serve` in `dir` and waits for it to print both listening addresses.
-fn spawn_gateway(dir: &Path, config: &Path) -> (Child, u16, String) {
+fn spawn_gateway(dir: &Path, config: &Path) -> (Child, Ports) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -308,8 +330,8 @@ fn spawn_gateway(dir: &Path, config: &Path) -> (Child, u16, String) {
         .expect("spawn gateway");
     let out = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(out).lines();
-    let (mut ssh_port, mut api_addr) = (None, None);
-    while ssh_port.is_none() || api_addr.is_none() {
+    let (mut ssh_port, mut pg_port, mut api_addr) = (None, None, None);
+    while ssh_port.is_none() || pg_port.is_none() || api_addr.is_none() {
         let line = lines
             .next()
             .unwrap_or_else(|| {
@@ -322,17 +344,21 @@ fn spawn_gateway(dir: &Path, config: &Path) -> (Child, u16, String) {
         if let Some(addr) = line.strip_prefix("drawbridge: ssh listening on ") {
             ssh_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
         }
+        if let Some(addr) = line.strip_prefix("drawbridge: postgres listening on ") {
+            pg_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
         if let Some(addr) = line.strip_prefix("drawbridge: https listening on ") {
             api_addr = Some(addr.to_string());
         }
     }
     // Keep draining stdout so the gateway never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (
-        child,
-        ssh_port.expect("ssh port"),
-        api_addr.expect("api addr"),
-    )
+    let ports = Ports {
+        ssh: ssh_port.expect("ssh port"),
+        pg: pg_port.expect("postgres port"),
+        api: api_addr.expect("api addr"),
+    };
+    (child, ports)
 }
 
 impl Drop for Gateway {

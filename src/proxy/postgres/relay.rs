@@ -1,0 +1,304 @@
+//! After login: frames pass both ways as bytes, not re-encoded, so everything
+//! the protocol carries works (COPY, pipelining, FunctionCall, NOTIFY, …).
+//!
+//! Each read is scanned for frame boundaries and forwarded with one write: a
+//! batch per read, never one flush per message, and never a whole result in
+//! memory (a large frame streams through as it arrives). Only the frames the
+//! audit tap records are held whole, up to [`TAP_LIMIT`]: Query, Parse, Bind,
+//! Execute and FunctionCall from the client, CommandComplete and ErrorResponse
+//! from the target. They go to the session recording as notes; a recording
+//! failure ends the session (fail closed).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::Stream;
+use super::wire::{self, MAX_FRAME_LEN, WireError};
+use crate::recording::RecordingError;
+use crate::session::{EndReason, SessionHandle};
+
+/// Bigger tapped frames pass unrecorded (with a note saying so), so one huge
+/// statement cannot make the gateway hold a huge buffer.
+pub const TAP_LIMIT: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One side of the relay: its stream and bytes already read from it.
+pub struct Ends {
+    pub stream: Stream,
+    pub pending: BytesMut,
+}
+
+/// Why the relay stopped.
+enum End {
+    /// The session was ended (grant expiry, revoke, kill, shutdown).
+    Ended(String),
+    Recording(RecordingError),
+    Closed(String),
+}
+
+/// Frame boundaries in a byte stream: which prefix of the input can go now.
+#[derive(Default)]
+struct Scanner {
+    /// Body bytes of the current (untapped) frame still to pass.
+    remaining: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+}
+
+impl Scanner {
+    /// Returns how many bytes of `input` to forward; whole tapped frames are given
+    /// to `tap` first. Stops before a tapped frame that is not complete yet.
+    fn scan(
+        &mut self,
+        input: &[u8],
+        tapped: &[u8],
+        mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
+    ) -> Result<usize, ScanError> {
+        let mut pos = 0;
+        loop {
+            if self.remaining > 0 {
+                let n = self.remaining.min(input.len() - pos);
+                pos += n;
+                self.remaining -= n;
+                if self.remaining > 0 {
+                    return Ok(pos);
+                }
+            }
+            let Some(h) = wire::header(&input[pos..], MAX_FRAME_LEN)? else {
+                return Ok(pos);
+            };
+            if tapped.contains(&h.tag) && h.body_len <= TAP_LIMIT {
+                if input.len() - pos < 5 + h.body_len {
+                    return Ok(pos);
+                }
+                tap(h.tag, Ok(&input[pos + 5..pos + 5 + h.body_len]))?;
+                pos += 5 + h.body_len;
+            } else {
+                if tapped.contains(&h.tag) {
+                    tap(h.tag, Err(h.body_len))?;
+                }
+                pos += 5;
+                self.remaining = h.body_len;
+            }
+        }
+    }
+}
+
+/// What the tap writes, and the clock for statement durations.
+struct Tap<'a> {
+    session: &'a SessionHandle,
+    started: Mutex<Option<Instant>>,
+}
+
+impl Tap<'_> {
+    fn note(&self, text: &str) -> Result<(), RecordingError> {
+        self.session.record(|r| r.note(text))
+    }
+
+    fn start(&self) {
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn client(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        let body = match body {
+            Ok(body) => body,
+            Err(len) => {
+                self.start();
+                return self.note(&format!(
+                    "{} of {len} bytes (too large to record)",
+                    tag as char
+                ));
+            }
+        };
+        match tag {
+            b'Q' => {
+                self.start();
+                self.note(&format!("query: {}", text(body).0))
+            }
+            b'P' => {
+                let (name, rest) = text(body);
+                self.note(&format!("parse {name:?}: {}", text(rest).0))
+            }
+            b'B' => {
+                let (portal, rest) = text(body);
+                let (statement, mut rest) = text(rest);
+                let formats = if rest.len() >= 2 {
+                    rest.get_u16() as usize
+                } else {
+                    0
+                };
+                rest = rest.get(formats * 2..).unwrap_or_default();
+                let params = if rest.len() >= 2 { rest.get_u16() } else { 0 };
+                // Values may be secrets (passwords, personal data): counted, not kept.
+                self.note(&format!(
+                    "bind {portal:?} to {statement:?}: {params} parameter(s)"
+                ))
+            }
+            b'E' => {
+                self.start();
+                self.note(&format!("execute {:?}", text(body).0))
+            }
+            b'F' => {
+                self.start();
+                let oid = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                self.note(&format!("function call oid {oid}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn target_side(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        let Ok(body) = body else { return Ok(()) };
+        let took = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        match tag {
+            b'C' => {
+                let tag = wire::cstr(body).map_or("", |(t, _)| t);
+                self.note(&format!("complete: {tag} ({took:.1} ms)"))
+            }
+            b'E' => self.note(&format!("error: {}", wire::error_message(body))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A NUL-terminated string and what follows; empty when malformed (the tap
+/// records what it can and never stops the relay over it).
+fn text(body: &[u8]) -> (String, &[u8]) {
+    wire::cstr(body).map_or((String::new(), &[][..]), |(s, rest)| (s.to_string(), rest))
+}
+
+/// Relays until either side closes or the session must end; returns the reason
+/// for the recording's seal.
+pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> String {
+    let (mut down_read, mut down_write) = tokio::io::split(downstream.stream);
+    let (mut up_read, mut up_write) = tokio::io::split(upstream.stream);
+    let tap = Tap {
+        session,
+        started: Mutex::new(None),
+    };
+    let mut to_client = Pump::default();
+    let mut from_client_pump = Pump::default();
+    let mut live = session.live();
+    let end = {
+        let from_client = from_client_pump.run(
+            &mut down_read,
+            &mut up_write,
+            downstream.pending,
+            b"QPBEF",
+            |t, b| tap.client(t, b),
+            "client disconnected",
+        );
+        let from_target = to_client.run(
+            &mut up_read,
+            &mut down_write,
+            upstream.pending,
+            b"CE",
+            |t, b| tap.target_side(t, b),
+            "the target closed the connection",
+        );
+        // All three are cancel-safe for our purpose: the losers are dropped, and
+        // `to_client` remembers whether a write to the client was cut mid-frame.
+        tokio::select! {
+            biased;
+            reason = live.ended() => End::Ended(reason.to_string()),
+            end = from_client => end,
+            end = from_target => end,
+        }
+    };
+    let reason = match end {
+        End::Ended(reason) => reason,
+        End::Recording(e) => {
+            tracing::error!(session = session.id(), error = %e, "recording failed; ending the session");
+            EndReason::RecordingFailed.to_string()
+        }
+        End::Closed(reason) => return reason,
+    };
+    // Tell the client why, unless that would land inside a half-sent frame.
+    if to_client.at_boundary() {
+        let mut out = BytesMut::new();
+        // 57P01 admin_shutdown: what PostgreSQL itself sends when a session is ended.
+        wire::error_response(
+            &mut out,
+            "FATAL",
+            "57P01",
+            &format!("drawbridge: {reason}"),
+            "",
+        );
+        let tell = async {
+            down_write.write_all(&out).await?;
+            down_write.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), tell).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), down_write.shutdown()).await;
+    reason
+}
+
+#[derive(Default)]
+struct Pump {
+    scanner: Scanner,
+    /// A write was started and not finished (the future was dropped mid-write).
+    writing: bool,
+}
+
+impl Pump {
+    fn at_boundary(&self) -> bool {
+        !self.writing && self.scanner.remaining == 0
+    }
+
+    async fn run(
+        &mut self,
+        from: &mut (impl AsyncRead + Unpin),
+        to: &mut (impl AsyncWrite + Unpin),
+        mut buf: BytesMut,
+        tapped: &[u8],
+        mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
+        closed: &str,
+    ) -> End {
+        loop {
+            let n = match self.scanner.scan(&buf, tapped, &mut tap) {
+                Ok(n) => n,
+                Err(ScanError::Recording(e)) => return End::Recording(e),
+                Err(ScanError::Wire(e)) => return End::Closed(format!("protocol error: {e}")),
+            };
+            if n > 0 {
+                self.writing = true;
+                let written = async {
+                    to.write_all(&buf[..n]).await?;
+                    to.flush().await
+                };
+                if let Err(e) = written.await {
+                    return End::Closed(format!("write failed: {e}"));
+                }
+                self.writing = false;
+                buf.advance(n);
+            }
+            buf.reserve(READ_CHUNK);
+            match from.read_buf(&mut buf).await {
+                Ok(0) => return End::Closed(closed.to_string()),
+                Ok(_) => {}
+                Err(e) => return End::Closed(format!("{closed}: {e}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
