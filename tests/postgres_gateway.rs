@@ -106,7 +106,11 @@ impl PgWorld {
     fn recordings(&self) -> String {
         let mut all = String::new();
         for entry in std::fs::read_dir(self.gateway.path("recordings")).expect("recordings") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|x| x != "dbr") {
+                continue; // the audit/ folder
+            }
+            let bytes = std::fs::read(path).expect("read");
             all.push_str(&String::from_utf8_lossy(&bytes));
         }
         all
