@@ -388,6 +388,56 @@ impl User {
             .expect("request id")
     }
 
+    /// The `-o`/`-i` options every stock client (ssh, scp, sftp, rsync's ssh)
+    /// needs: this user's key only, non-interactive, the gateway's host key pinned.
+    pub fn client_options(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.key.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+        ]
+    }
+
+    /// `scp -P PORT …` (add `-O` for the legacy protocol).
+    pub fn scp(&self) -> Command {
+        let mut cmd = Command::new("scp");
+        cmd.args(["-P", &self.ssh_port.to_string()])
+            .args(self.client_options())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `sftp -P PORT -b BATCH LOGIN@TARGET@127.0.0.1`.
+    pub fn sftp(&self, user_at_target: &str, batch: &Path) -> Command {
+        let mut cmd = Command::new("sftp");
+        cmd.args(["-P", &self.ssh_port.to_string()])
+            .args(self.client_options())
+            .arg("-b")
+            .arg(batch)
+            .arg(format!("{user_at_target}@127.0.0.1"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `rsync -e 'ssh -p PORT …'`; the caller adds flags and paths.
+    pub fn rsync(&self) -> Command {
+        let mut cmd = Command::new("rsync");
+        let ssh = format!("ssh -p {} {}", self.ssh_port, self.client_options().join(" "));
+        cmd.arg("-e").arg(ssh).stdin(Stdio::null());
+        cmd
+    }
+
     /// Stock OpenSSH client, non-interactive, pinned to the gateway's host key.
     pub fn ssh(&self, user_at_target: &str) -> Command {
         let mut cmd = Command::new("ssh");
