@@ -95,6 +95,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         SshUpstream {
             connect_timeout: config.ssh.connect_timeout,
         },
+        config.ssh.clone(),
     ));
     let tls =
         api::server_tls_config(&keys.tls_cert_pem, keys.tls_key_pem.expose()).map_err(setup)?;

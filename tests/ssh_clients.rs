@@ -144,9 +144,12 @@ fn rsync_over_the_gateway_copies_and_then_sends_only_the_changes() {
         std::fs::read(dest.join("big.bin")).expect("copied"),
         marked_content(2 << 20)
     );
-    std::fs::write(src.join("small.txt"), b"v2\n").expect("write");
+    std::fs::write(src.join("small.txt"), b"version 2\n").expect("write");
     let stats = run();
-    assert_eq!(std::fs::read(dest.join("small.txt")).expect("v2"), b"v2\n");
+    assert_eq!(
+        std::fs::read(dest.join("small.txt")).expect("v2"),
+        b"version 2\n"
+    );
     assert!(
         stats.contains("Number of regular files transferred: 1"),
         "{stats}"
@@ -185,7 +188,10 @@ fn tar_through_exec_stdin_arrives_intact() {
     let o = child.wait_with_output().expect("wait");
     writer.join().expect("join").expect("write stdin");
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read(dest.join("sub/big.bin")).expect("untarred"), big);
+    assert_eq!(
+        std::fs::read(dest.join("sub/big.bin")).expect("untarred"),
+        big
+    );
 }
 
 #[test]
@@ -204,12 +210,23 @@ fn stdout_and_stderr_stay_separate_and_the_exit_status_passes() {
 fn a_command_killed_by_a_signal_is_reported_as_such() {
     let w = World::new();
     w.grant_alice("web-1", "root", "30m");
-    let o = w.alice.ssh_run("root@web-1", "kill -TERM $$");
-    // OpenSSH's client exits 255 when the remote command died of a signal
-    // (it has no exit status to return); a gateway that dropped the
-    // exit-signal message would make it look like a clean exit or a lost
-    // connection with no status.
+    // `-v` makes the stock client log each channel request it receives; it has
+    // no exit status to return for a signal, so it exits 255.
+    let o = Command::new("ssh")
+        .arg("-v")
+        .args(["-p", &w.alice.ssh_port.to_string()])
+        .args(w.alice.client_options())
+        .arg("root@web-1@127.0.0.1")
+        .arg("kill -TERM $$")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh");
     assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rtype exit-signal"),
+        "the exit-signal request did not reach the client: {}",
+        stderr(&o)
+    );
     let notes = wait_for_notes(&w, 1);
     assert!(
         notes.iter().any(|n| n.contains("killed by signal TERM")),

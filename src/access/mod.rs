@@ -46,6 +46,13 @@ pub enum AccessError {
         state: &'static str,
         expected: &'static str,
     },
+    #[error("port forwarding from {target} to {host}:{port} is not allowed (policy: {policies})")]
+    ForwardDenied {
+        target: String,
+        host: String,
+        port: u32,
+        policies: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -55,6 +62,14 @@ pub enum AccessError {
 /// The command an engineer runs to ask for access; quoted in every refusal.
 pub fn request_hint(target: &str, login: &str) -> String {
     format!("drawbridge request {target} --login {login} --for 1h --reason \"<why>\"")
+}
+
+/// What the caller established before asking the policy (see [`Query`]).
+#[derive(Default, Clone, Copy)]
+struct Facts<'a> {
+    grant_active: bool,
+    requester: Option<&'a str>,
+    forward_to: Option<(&'a str, u32)>,
 }
 
 pub struct Access {
@@ -93,9 +108,13 @@ impl Access {
         action: Action,
         target: &Target,
         login: &str,
-        grant_active: bool,
-        requester: Option<&str>,
+        facts: Facts<'_>,
     ) -> Decision {
+        let Facts {
+            grant_active,
+            requester,
+            forward_to,
+        } = facts;
         self.policy.decide(&Query {
             principal: Principal {
                 name: identity.name(),
@@ -109,6 +128,7 @@ impl Access {
             login,
             grant_active,
             requester,
+            forward_to,
         })
     }
 
@@ -131,8 +151,10 @@ impl Access {
             Action::Connect,
             &target,
             login,
-            active.is_some(),
-            None,
+            Facts {
+                grant_active: active.is_some(),
+                ..Facts::default()
+            },
         );
         if decision.allowed {
             let grant = active.map(Grant::from_row);
@@ -141,6 +163,46 @@ impl Access {
         Err(AccessError::Denied(Denial::explain(
             &requests, &target, login, now, &decision,
         )))
+    }
+
+    /// May `identity`, inside a session as `login` on `target`, open a
+    /// forwarded connection from the target to `host:port` right now? Asked
+    /// per forwarded channel, so a grant that ended meanwhile stops new ones.
+    /// Returns the ids of the policies that allowed it.
+    pub async fn authorize_forward(
+        &self,
+        identity: &Identity,
+        target: &str,
+        login: &str,
+        (host, port): (&str, u32),
+        now: UnixTime,
+    ) -> Result<Vec<String>, AccessError> {
+        let target = self.target(target).await?;
+        let requests = self
+            .store
+            .requests_for(identity.user().id, &target.name, login)
+            .await?;
+        let active = requests.iter().any(|r| grant::is_active(r, now));
+        let decision = self.decide(
+            identity,
+            Action::Forward,
+            &target,
+            login,
+            Facts {
+                grant_active: active,
+                forward_to: Some((host, port)),
+                ..Facts::default()
+            },
+        );
+        if decision.allowed {
+            return Ok(decision.policy_ids);
+        }
+        Err(AccessError::ForwardDenied {
+            target: target.name,
+            host: host.to_string(),
+            port,
+            policies: policy_ids(&decision),
+        })
     }
 
     pub async fn request(
@@ -165,7 +227,7 @@ impl Access {
             )));
         }
         let target = self.target(target).await?;
-        let decision = self.decide(identity, Action::Request, &target, login, false, None);
+        let decision = self.decide(identity, Action::Request, &target, login, Facts::default());
         if !decision.allowed {
             return Err(AccessError::Invalid(format!(
                 "policy does not let {} request {}@{} ({})",
@@ -221,8 +283,10 @@ impl Access {
             Action::Approve,
             &target,
             &request.login,
-            false,
-            Some(&request.user),
+            Facts {
+                requester: Some(&request.user),
+                ..Facts::default()
+            },
         );
         if decision.allowed {
             Ok(())

@@ -73,9 +73,10 @@ impl From<IdentityError> for ApiError {
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         let status = match &e {
-            AccessError::Denied(_) | AccessError::SelfApproval | AccessError::NotAllowed { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            AccessError::Denied(_)
+            | AccessError::SelfApproval
+            | AccessError::NotAllowed { .. }
+            | AccessError::ForwardDenied { .. } => StatusCode::FORBIDDEN,
             AccessError::NotFound(_) | AccessError::UnknownTarget(_) => StatusCode::NOT_FOUND,
             AccessError::WrongState { .. } => StatusCode::CONFLICT,
             AccessError::Invalid(_) => StatusCode::BAD_REQUEST,

@@ -69,6 +69,9 @@ pub enum Action {
     Request,
     /// Approve somebody else's request.
     Approve,
+    /// Open a forwarded TCP connection (`ssh -L`, `ssh -W`, ProxyJump) from the
+    /// target to `Query::forward_to`.
+    Forward,
 }
 
 impl Action {
@@ -78,6 +81,7 @@ impl Action {
             Action::Connect => "connect",
             Action::Request => "request",
             Action::Approve => "approve",
+            Action::Forward => "forward",
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Query<'a> {
     /// The user whose request is being approved (`context.requester`);
     /// required for [`Action::Approve`], ignored otherwise.
     pub requester: Option<&'a str>,
+    /// Where a forwarded connection goes (`context.host`, `context.port`);
+    /// required for [`Action::Forward`], ignored otherwise.
+    pub forward_to: Option<(&'a str, u32)>,
 }
 
 /// The outcome of [`PolicyEngine::decide`].

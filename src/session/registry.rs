@@ -19,6 +19,8 @@ pub enum EndReason {
     GrantRevoked(RequestId),
     UserDisabled,
     Killed(String),
+    Idle(std::time::Duration),
+    MaxSession(std::time::Duration),
     Shutdown,
     RecordingFailed,
 }
@@ -30,6 +32,16 @@ impl fmt::Display for EndReason {
             EndReason::GrantRevoked(id) => write!(f, "grant {id} was revoked"),
             EndReason::UserDisabled => write!(f, "your account was disabled"),
             EndReason::Killed(by) => write!(f, "session terminated by {by}"),
+            EndReason::Idle(d) => write!(
+                f,
+                "session idle for {}, the limit",
+                humantime::format_duration(*d)
+            ),
+            EndReason::MaxSession(d) => write!(
+                f,
+                "session reached its maximum length of {}",
+                humantime::format_duration(*d)
+            ),
             EndReason::Shutdown => write!(f, "the gateway is shutting down"),
             EndReason::RecordingFailed => {
                 write!(f, "the session could not be recorded (fail-closed)")

@@ -433,7 +433,11 @@ impl User {
     /// `rsync -e 'ssh -p PORT …'`; the caller adds flags and paths.
     pub fn rsync(&self) -> Command {
         let mut cmd = Command::new("rsync");
-        let ssh = format!("ssh -p {} {}", self.ssh_port, self.client_options().join(" "));
+        let ssh = format!(
+            "ssh -p {} {}",
+            self.ssh_port,
+            self.client_options().join(" ")
+        );
         cmd.arg("-e").arg(ssh).stdin(Stdio::null());
         cmd
     }

@@ -1,10 +1,11 @@
 //! The engineer's side of an SSH connection: identify by public key, parse
-//! `LOGIN@TARGET`, accept session channels and hand each to a channel task.
-//! The upstream session is opened once per connection, by the first channel
-//! that asks for a shell, a command or a subsystem.
+//! `LOGIN@TARGET`, accept session and `direct-tcpip` channels and hand each to
+//! its own task. The upstream session is opened once per connection, by the
+//! first channel that needs it. Remote forwarding (`-R`), agent forwarding and
+//! X11 are refused here, and the client is told why on its session channel.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use russh::server::{
@@ -12,13 +13,14 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, Disconnect};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
 use super::SshFront;
 use super::channel::{self, ChannelContext};
+use super::forward::{self, Destination};
 use super::upstream::UpstreamConnection;
 use crate::identity::{self, Identity};
-use crate::session::SessionHandle;
+use crate::session::{Activity, Limits, SessionHandle, enforce_limits};
 
 /// `root@web-1` → login `root`, target `web-1`, split at the last `@` like every
 /// stock client does with `root@web-1@gateway`.
@@ -31,6 +33,8 @@ pub fn split_username(user: &str) -> Option<(&str, &str)> {
 pub(super) struct OpenSession {
     pub upstream: UpstreamConnection,
     pub session: SessionHandle,
+    /// Touched by every relay; the idle timeout reads it.
+    pub activity: Arc<Activity>,
 }
 
 enum Slot {
@@ -44,6 +48,11 @@ pub(super) struct SessionSlot {
     /// Number of channel tasks still running; the end-of-session watcher waits
     /// for them to tell their clients why before it disconnects.
     pub channels: watch::Sender<usize>,
+    /// Refusals the client should read (e.g. of `-R`, which has no channel of
+    /// its own); the next session channel prints them on stderr. Bounded by
+    /// the number of requests the client makes, each refused at most once.
+    notices: SyncMutex<Vec<String>>,
+    notice_ready: Notify,
 }
 
 impl SessionSlot {
@@ -75,10 +84,46 @@ impl SessionSlot {
         let open = Arc::new(OpenSession {
             upstream: established.connection,
             session: established.session,
+            activity: Arc::new(Activity::default()),
         });
         *slot = Slot::Open(open.clone());
+        let limits = Limits {
+            idle_timeout: front.settings.idle_timeout,
+            max_session: front.settings.max_session,
+        };
+        tokio::spawn(enforce_limits(
+            open.session.clone(),
+            open.activity.clone(),
+            limits,
+        ));
         tokio::spawn(watch_end(self.clone(), open.clone(), downstream.clone()));
         Ok(open)
+    }
+
+    /// Queues a sentence for the client's next session channel.
+    pub fn notify(&self, notice: String) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(notice);
+        // notify_one stores a permit when nobody waits yet: no lost wake-up.
+        self.notice_ready.notify_one();
+    }
+
+    /// The next queued notice. Cancel-safe: the queue is popped only in the
+    /// poll that returns the notice.
+    pub async fn next_notice(&self) -> String {
+        loop {
+            if let Some(notice) = self.take_notice() {
+                return notice;
+            }
+            self.notice_ready.notified().await;
+        }
+    }
+
+    fn take_notice(&self) -> Option<String> {
+        let mut queue = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        (!queue.is_empty()).then(|| queue.remove(0))
     }
 
     /// Ends the upstream session (idempotent): disconnects the target and seals the
@@ -128,6 +173,8 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
     let slot = Arc::new(SessionSlot {
         slot: Mutex::new(Slot::Empty),
         channels,
+        notices: SyncMutex::new(Vec::new()),
+        notice_ready: Notify::new(),
     });
     let handler = Downstream {
         front: front.clone(),
@@ -216,6 +263,81 @@ impl server::Handler for Downstream {
         // this callback.
         tokio::spawn(channel::run(channel, context));
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(identity), Some(requested)) = (self.identity.clone(), self.requested.clone())
+        else {
+            return Ok(());
+        };
+        let context = ChannelContext {
+            front: self.front.clone(),
+            slot: self.slot.clone(),
+            identity,
+            requested,
+            downstream: session.handle(),
+        };
+        let destination = Destination {
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+            originator: originator_address.to_string(),
+            originator_port,
+        };
+        // The task answers `reply` after the policy decision.
+        tokio::spawn(forward::run(channel, reply, destination, context));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::info!(peer = %self.peer, address, port = *port, "remote forwarding refused");
+        self.slot.notify(format!(
+            "drawbridge: remote port forwarding (-R {address}:{port}) is not allowed through the gateway"
+        ));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::info!(peer = %self.peer, socket_path, "remote socket forwarding refused");
+        self.slot.notify(format!(
+            "drawbridge: remote socket forwarding (-R {socket_path}) is not allowed through the gateway"
+        ));
+        Ok(false)
+    }
+
+    // Refused with a failure reply (OpenSSH waits for one); the channel task
+    // tells the client why.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(&mut self, _: ChannelId, _: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
     }
 
     // The channel task acts on these requests; here we only acknowledge them so the
