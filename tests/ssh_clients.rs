@@ -54,7 +54,7 @@ fn sftp_put_get_ls_rename_mkdir_rm_work_and_are_recorded_without_contents() {
     assert_eq!(std::fs::read(&back).expect("got file back"), content);
     assert!(!remote.exists(), "rmdir ran on the target");
 
-    let notes = wait_for_notes(&w, 1);
+    let notes = w.wait_for_notes(1);
     let has = |needle: &str| notes.iter().any(|n| n.contains(needle));
     assert!(has(&format!("sftp mkdir {r}")), "{notes:#?}");
     assert!(has(&format!("sftp open {r}/a.bin write")), "{notes:#?}");
@@ -227,7 +227,7 @@ fn a_command_killed_by_a_signal_is_reported_as_such() {
         "the exit-signal request did not reach the client: {}",
         stderr(&o)
     );
-    let notes = wait_for_notes(&w, 1);
+    let notes = w.wait_for_notes(1);
     assert!(
         notes.iter().any(|n| n.contains("killed by signal TERM")),
         "{notes:#?}"
@@ -317,35 +317,4 @@ fn only_recording(w: &World) -> std::path::PathBuf {
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     entries[0].clone()
-}
-
-/// The `note` records of the recordings, once `n` sessions are sealed.
-fn wait_for_notes(w: &World, n: usize) -> Vec<String> {
-    use drawbridge::recording::proto::record::Body;
-    let start = std::time::Instant::now();
-    loop {
-        let mut sealed = 0;
-        let mut notes = Vec::new();
-        for entry in std::fs::read_dir(w.gateway.path("recordings")).expect("dir") {
-            let path = entry.expect("entry").path();
-            let Ok(rec) = drawbridge::recording::read_file(&path) else {
-                continue;
-            };
-            sealed += usize::from(rec.seal().is_some());
-            for r in &rec.records {
-                if let Some(Body::Note(note)) = &r.body {
-                    notes.push(note.text.clone());
-                }
-            }
-        }
-        if sealed >= n {
-            return notes;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "recordings not sealed: {}",
-            w.gateway.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }

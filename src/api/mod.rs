@@ -46,6 +46,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/requests/{id}/deny", post(deny))
         .route("/api/v1/grants/{id}/revoke", post(revoke))
         .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/sessions/{id}/kill", post(kill))
         .with_state(state)
 }
 
@@ -245,6 +246,42 @@ async fn revoke(
         "grant revoked"
     );
     Ok(Json(row.into()))
+}
+
+/// Ends a live session on this gateway now. Only admins and members of the
+/// `approvers` group may, the same people who may end access by revoking.
+async fn kill(
+    State(s): Shared,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Comment>,
+) -> Result<Json<Killed>, ApiError> {
+    let user = who.user();
+    if !user.admin && !user.groups.iter().any(|g| g == "approvers") {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not kill sessions (admins and approvers may)",
+                who.name()
+            ),
+        ));
+    }
+    let by = match body.comment.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => format!("{} ({c})", who.name()),
+        _ => who.name().to_string(),
+    };
+    let reason = EndReason::Killed(by);
+    if s.registry.end_where(|i| i.id == id, reason.clone()) == 0 {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no live session {id} on this gateway"),
+        ));
+    }
+    tracing::info!(session = id, by = who.name(), "session killed");
+    Ok(Json(Killed {
+        id,
+        reason: reason.to_string(),
+    }))
 }
 
 async fn sessions(State(s): Shared, Caller(_): Caller) -> Result<Json<Vec<SessionView>>, ApiError> {

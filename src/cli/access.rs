@@ -68,6 +68,15 @@ pub struct SessionsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct KillArgs {
+    /// The session id, e.g. s-3f9a1c0b7d2e4f60 (see `drawbridge sessions --live`).
+    id: String,
+    /// Shown to the engineer with the reason.
+    #[arg(long)]
+    comment: Option<String>,
+}
+
 fn prompt(label: &str) -> anyhow::Result<String> {
     eprint!("{label}: ");
     std::io::stderr().flush()?;
@@ -203,6 +212,21 @@ pub async fn decide(args: DecisionArgs, action: &str) -> anyhow::Result<ExitCode
         )
         .await?;
     print_request(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let killed: Killed = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/kill", args.id),
+            Some(&Comment {
+                comment: args.comment,
+            }),
+        )
+        .await?;
+    println!("session {} ended: {}", killed.id, killed.reason);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -53,6 +53,8 @@ enum Command {
     Revoke(access::DecisionArgs),
     /// List sessions.
     Sessions(access::SessionsArgs),
+    /// End a live session now (admins and approvers).
+    Kill(access::KillArgs),
     /// Play a recorded session back in the terminal.
     Replay(audit::ReplayArgs),
     /// Verify recordings: framing, hash chain, signatures, seals.
@@ -104,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Deny(a) => access::decide(a, "deny").await,
             Command::Revoke(a) => access::decide(a, "revoke").await,
             Command::Sessions(a) => access::sessions(a).await,
+            Command::Kill(a) => access::kill(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),
         }

@@ -75,7 +75,8 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nUsePAM no\n\
                      TrustedUserCAKeys {ca}\nAuthorizedKeysFile none\nStrictModes no\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
-                     LogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                     LogLevel VERBOSE\nSubsystem sftp internal-sftp\n\
+                     AcceptEnv LANG LC_* DRAWBRIDGE_TEST_*\nAllowTcpForwarding yes\n",
                     hk = host_key.display(),
                     pid = dir.path().join("sshd.pid").display(),
                     ca = ca_pub.display(),
@@ -134,11 +135,18 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// A gateway whose config's `[ssh]` section has `ssh_extra` (TOML lines) too.
+    pub fn start_with(ssh_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
         std::fs::write(
             &config,
-            "[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            format!(
+                "[ssh]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"3s\"\n{ssh_extra}\n[api]\nlisten = \"127.0.0.1:0\"\n"
+            ),
         )
         .expect("config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
@@ -480,7 +488,12 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let gateway = Gateway::start();
+        World::with_ssh_config("")
+    }
+
+    /// A world whose gateway config has `ssh_extra` in its `[ssh]` section.
+    pub fn with_ssh_config(ssh_extra: &str) -> World {
+        let gateway = Gateway::start_with(ssh_extra);
         let sshd = Sshd::start(&gateway.path("data/keys/ssh_user_ca.pub"));
         gateway.add_target("web-1", &sshd, &["env=prod"]);
         let alice = gateway.add_user("alice", &["dev"]);
@@ -511,6 +524,60 @@ impl User {
     pub fn login_once(&self) {
         if !self.home.join("cli/login.json").exists() {
             self.login();
+        }
+    }
+}
+
+impl World {
+    /// The live sessions as `drawbridge sessions --live --json` lists them,
+    /// once there are at least `n`.
+    pub fn wait_for_live(&self, n: usize) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let o = self.bob.cli(&["sessions", "--live", "--json"]);
+            let list: Vec<serde_json::Value> =
+                serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if list.len() >= n {
+                return list;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no live session: {}",
+                self.gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `note` records of all recordings, once `n` sessions are sealed.
+    pub fn wait_for_notes(&self, n: usize) -> Vec<String> {
+        let w = self;
+        use drawbridge::recording::proto::record::Body;
+        let start = std::time::Instant::now();
+        loop {
+            let mut sealed = 0;
+            let mut notes = Vec::new();
+            for entry in std::fs::read_dir(w.gateway.path("recordings")).expect("dir") {
+                let path = entry.expect("entry").path();
+                let Ok(rec) = drawbridge::recording::read_file(&path) else {
+                    continue;
+                };
+                sealed += usize::from(rec.seal().is_some());
+                for r in &rec.records {
+                    if let Some(Body::Note(note)) = &r.body {
+                        notes.push(note.text.clone());
+                    }
+                }
+            }
+            if sealed >= n {
+                return notes;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "recordings not sealed: {}",
+                w.gateway.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }

@@ -69,9 +69,11 @@ impl Drop for Counted {
 
 pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
     let _counted = Counted::new(&cx.slot.channels);
-    let Some(setup) = setup(&mut down, &cx.front).await else {
+    let Some(mut setup) = setup(&mut down, &cx.front).await else {
         return;
     };
+    // Refusals of connection-wide requests (`-R`) come before any channel opens.
+    setup.notices.extend(cx.slot.take_notices());
     let pty = setup.pty.is_some();
     let (login, target) = (cx.requested.0.as_str(), cx.requested.1.as_str());
     let open = match cx

@@ -121,6 +121,11 @@ impl SessionSlot {
         }
     }
 
+    /// Every queued notice, for a channel that is starting.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn take_notice(&self) -> Option<String> {
         let mut queue = self.notices.lock().unwrap_or_else(|p| p.into_inner());
         (!queue.is_empty()).then(|| queue.remove(0))
@@ -191,6 +196,11 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         }
         Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
     }
+    // Let the channel tasks see the end and write their closing records (a
+    // forward's byte counts, files still open) before the recording is sealed.
+    // Bounded, so a stuck task cannot keep the session open.
+    let mut channels = slot.channels.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(1), channels.wait_for(|n| *n == 0)).await;
     slot.finish("client disconnected").await;
 }
 
