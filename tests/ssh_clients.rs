@@ -87,7 +87,9 @@ fn scp_in_sftp_mode_and_legacy_mode_copies_both_ways() {
     w.grant_alice("web-1", "root", "30m");
     let dir = tempfile::tempdir().expect("tempdir");
     let local = dir.path().join("up.bin");
-    let content = marked_content(1 << 20);
+    // Large enough that thousands of SFTP replies queue up while uploads wait
+    // for window: a relay that serves both directions in one loop deadlocks.
+    let content = marked_content(8 << 20);
     std::fs::write(&local, &content).expect("write");
     for (mode, flags) in [("sftp", &[][..]), ("legacy", &["-O"][..])] {
         let remote = dir.path().join(format!("remote-{mode}.bin"));

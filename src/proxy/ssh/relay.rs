@@ -127,108 +127,166 @@ pub(super) async fn tell(down: &Channel<ServerMsg>, message: &str, pty: bool) {
 /// Relays until one side closes or the session is ended. Every chunk is recorded
 /// before it is forwarded, so the recording never lags what the client saw; a
 /// recording failure ends the session (fail closed).
+///
+/// The two directions run as separate futures: a write waiting for the target's
+/// window must not stop us from draining the target's replies, or russh's
+/// bounded per-channel queue fills, its connection loop blocks, and the window
+/// adjust we wait for is never read (an SFTP upload deadlocked that way).
 pub(super) async fn relay(
     down: Channel<ServerMsg>,
     up: Channel<client::Msg>,
     open: &OpenSession,
     slot: &SessionSlot,
     downstream: &server::Handle,
-    mut tap: Tap,
+    tap: Tap,
     pty: bool,
 ) {
     let session = &open.session;
     let channel = down.id().number();
     let (mut down_rx, down_tx) = down.split();
     let (mut up_rx, up_tx) = up.split();
-    let mut live = session.live();
     let forward = matches!(tap, Tap::Forward { .. });
-    loop {
-        // Every arm is cancel-safe: `wait` on a channel only takes a message
-        // off its queue when it completes, `ended` holds no state, and
-        // `next_notice` pops only in the poll that returns it.
-        tokio::select! {
-            reason = live.ended() => {
-                let _ = session.record(|r| r.note(&format!("session ended: {reason}")));
-                if !forward {
-                    let message = format!("\ndrawbridge: {reason}; closing the session");
-                    let _ = down_tx.extended_data_bytes(1, fix_newlines(&message, pty).into_bytes()).await;
-                    let _ = down_tx.exit_status(255).await;
-                }
-                let _ = down_tx.eof().await;
-                break;
-            }
-            notice = slot.next_notice(), if !forward => {
-                let _ = session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")));
-                let _ = down_tx.extended_data_bytes(1, fix_newlines(&format!("{notice}\n"), pty).into_bytes()).await;
-            }
-            msg = down_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
+    // Locked only for a parse and a buffered record write, never across an await.
+    let tap = std::sync::Mutex::new(tap);
+    let with_tap = |f: &mut dyn FnMut(&mut Tap) -> Result<(), RecordingError>| {
+        f(&mut tap.lock().unwrap_or_else(|p| p.into_inner()))
+    };
+    let record = |r: Result<(), RecordingError>| {
+        if r.is_err() {
+            session.end(EndReason::RecordingFailed);
+        }
+        r.is_ok()
+    };
+
+    // Engineer → target. Ends when the engineer closes the channel.
+    let upward = async {
+        while let Some(msg) = down_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
                     open.activity.touch();
-                    if tap.input(session, channel, &data).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    if up_tx.data_bytes(data).await.is_err() {
-                        break;
+                    if record(with_tap(&mut |t| t.input(session, channel, &data)))
+                        && up_tx.data_bytes(data).await.is_err()
+                    {
+                        return;
                     }
                 }
-                Some(ChannelMsg::Eof) => {
+                ChannelMsg::Eof => {
                     let _ = up_tx.eof().await;
                 }
-                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
                     open.activity.touch();
-                    if session.record(|r| r.resize(channel, col_width, row_height)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
+                    if record(session.record(|r| r.resize(channel, col_width, row_height))) {
+                        let _ = up_tx
+                            .window_change(col_width, row_height, pix_width, pix_height)
+                            .await;
                     }
-                    let _ = up_tx.window_change(col_width, row_height, pix_width, pix_height).await;
                 }
-                Some(ChannelMsg::Signal { signal }) => {
-                    let _ = session.record(|r| r.note(&format!("channel {channel}: signal {signal:?} sent")));
-                    let _ = up_tx.signal(signal).await;
+                ChannelMsg::Signal { signal } => {
+                    let note = format!("channel {channel}: signal {signal:?} sent");
+                    if record(session.record(|r| r.note(&note))) {
+                        let _ = up_tx.signal(signal).await;
+                    }
                 }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            },
-            msg = up_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
+                ChannelMsg::Close => return,
+                _ => {}
+            }
+        }
+    };
+
+    // Target → engineer. Ends when the target closes the channel.
+    let downward = async {
+        while let Some(msg) = up_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
                     open.activity.touch();
-                    if tap.output(session, channel, &data).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    if down_tx.data_bytes(data).await.is_err() {
-                        break;
+                    if record(with_tap(&mut |t| t.output(session, channel, &data)))
+                        && down_tx.data_bytes(data).await.is_err()
+                    {
+                        return;
                     }
                 }
-                Some(ChannelMsg::ExtendedData { data, ext }) => {
+                ChannelMsg::ExtendedData { data, ext } => {
                     open.activity.touch();
-                    // stderr is always recorded raw: it is diagnostics, not file data.
-                    if session.record(|r| r.output(channel, &data)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
+                    // stderr is always recorded raw: diagnostics, not file data.
+                    if record(session.record(|r| r.output(channel, &data))) {
+                        let _ = down_tx.extended_data_bytes(ext, data).await;
                     }
-                    let _ = down_tx.extended_data_bytes(ext, data).await;
                 }
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                ChannelMsg::ExitStatus { exit_status } => {
                     let _ = session.record(|r| r.exit_status(channel, exit_status));
                     let _ = down_tx.exit_status(exit_status).await;
                 }
-                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                    let _ = session.record(|r| r.note(&format!("channel {channel}: killed by signal {signal_name:?}")));
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    let note = format!("channel {channel}: killed by signal {signal_name:?}");
+                    let _ = session.record(|r| r.note(&note));
                     let _ = downstream
-                        .exit_signal_request(down_tx.id(), signal_name, core_dumped, error_message, lang_tag)
+                        .exit_signal_request(
+                            down_tx.id(),
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
                         .await;
                 }
-                Some(ChannelMsg::Eof) => {
+                ChannelMsg::Eof => {
                     let _ = down_tx.eof().await;
                 }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            },
+                ChannelMsg::Close => return,
+                _ => {}
+            }
         }
+    };
+
+    // Refusals made while the channel runs (e.g. a forward), told on stderr.
+    let notices = async {
+        loop {
+            let notice = slot.next_notice().await;
+            let _ = session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")));
+            let text = fix_newlines(&format!("{notice}\n"), pty);
+            let _ = down_tx.extended_data_bytes(1, text.into_bytes()).await;
+        }
+    };
+    let notices = async {
+        if forward {
+            std::future::pending::<()>().await
+        } else {
+            notices.await
+        }
+    };
+
+    let mut live = session.live();
+    // Whichever finishes first ends the relay; dropping the others is fine
+    // because the channel is being closed anyway (a chunk in flight is lost
+    // only when one side has already gone).
+    tokio::select! {
+        reason = live.ended() => {
+            let _ = session.record(|r| r.note(&format!("session ended: {reason}")));
+            if !forward {
+                let message = format!("\ndrawbridge: {reason}; closing the session\n");
+                let text = fix_newlines(&message, pty);
+                let _ = down_tx.extended_data_bytes(1, text.into_bytes()).await;
+                let _ = down_tx.exit_status(255).await;
+            }
+            let _ = down_tx.eof().await;
+        }
+        () = upward => {}
+        () = downward => {}
+        () = notices => {}
     }
-    tap.finish(session, channel);
+    tap.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish(session, channel);
     let _ = down_tx.close().await;
     let _ = up_tx.close().await;
 }
