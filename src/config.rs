@@ -76,6 +76,13 @@ pub struct AccessConfig {
     /// another process (the local admin CLI, another gateway) reach them.
     #[serde(with = "serde_duration")]
     pub enforce_interval: Duration,
+    /// Failed logins (API password+TOTP, SSH key) tolerated per user name
+    /// within `auth_failure_window` before further attempts are refused.
+    pub max_auth_failures_per_user: usize,
+    /// The same per source address (usually higher: NAT, shared jump hosts).
+    pub max_auth_failures_per_address: usize,
+    #[serde(with = "serde_duration")]
+    pub auth_failure_window: Duration,
 }
 
 impl Default for Config {
@@ -118,6 +125,9 @@ impl Default for AccessConfig {
             login_token_ttl: Duration::from_secs(8 * 3600),
             max_grant: Duration::from_secs(8 * 3600),
             enforce_interval: Duration::from_millis(250),
+            max_auth_failures_per_user: 5,
+            max_auth_failures_per_address: 20,
+            auth_failure_window: Duration::from_secs(300),
         }
     }
 }
@@ -166,6 +176,11 @@ impl Config {
         }
         if self.access.enforce_interval > Duration::from_secs(1) {
             problems.push("access.enforce_interval must be at most 1s".to_string());
+        }
+        if self.access.max_auth_failures_per_user == 0
+            || self.access.max_auth_failures_per_address == 0
+        {
+            problems.push("access.max_auth_failures_* must be at least 1".to_string());
         }
         if self.access.max_grant.is_zero() {
             problems.push("access.max_grant must be positive".to_string());

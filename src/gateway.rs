@@ -13,6 +13,7 @@ use crate::access::Access;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::credentials::SshCertificateAuthority;
+use crate::identity::{FailureLimiter, LimiterConfig};
 use crate::keys::{self, KeyPaths};
 use crate::policy::PolicyEngine;
 use crate::proxy::ssh::{SshFront, SshUpstream};
@@ -80,6 +81,11 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let policy = Arc::new(PolicyEngine::load(&config.policies_dir).map_err(setup)?);
     let access = Arc::new(Access::new(store.clone(), policy, config.access.max_grant));
     let registry = Registry::default();
+    let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
+        per_user: config.access.max_auth_failures_per_user,
+        per_address: config.access.max_auth_failures_per_address,
+        window: config.access.auth_failure_window,
+    }));
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         access.clone(),
@@ -96,10 +102,12 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
             connect_timeout: config.ssh.connect_timeout,
         },
         config.ssh.clone(),
+        limiter.clone(),
     ));
     let tls =
         api::server_tls_config(&keys.tls_cert_pem, keys.tls_key_pem.expose()).map_err(setup)?;
     let router = api::router(Arc::new(ApiState {
+        limiter,
         store: store.clone(),
         access,
         registry: registry.clone(),

@@ -21,14 +21,19 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::access::{Access, AccessError};
-use crate::identity::{self, Identity, IdentityError};
+use crate::identity::{self, FailureLimiter, Identity, IdentityError, Subject};
 use crate::secret::Secret;
 use crate::session::{EndReason, Registry};
 use crate::store::{RequestState, Store, StoreError};
 use crate::time;
 use types::*;
 
+/// The TCP peer of the HTTPS connection a request came on.
+#[derive(Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 pub struct ApiState {
+    pub limiter: Arc<FailureLimiter>,
     pub store: Arc<dyn Store>,
     pub access: Arc<Access>,
     pub registry: Registry,
@@ -121,14 +126,37 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
 
 async fn login(
     State(s): Shared,
+    axum::Extension(PeerAddr(peer)): axum::Extension<PeerAddr>,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let now = time::now();
+    let subjects = [
+        Subject::User(body.user.clone()),
+        Subject::Address(peer.ip()),
+    ];
+    if let Err(wait) = s.limiter.check(&subjects, std::time::Instant::now()) {
+        tracing::warn!(user = body.user, %peer, "login refused: too many failed attempts");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins; try again in {}s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
     let password = Secret::new(body.password);
     let identity =
         identity::by_password_totp(s.store.as_ref(), &body.user, &password, &body.totp, now)
             .await
-            .inspect_err(|e| tracing::info!(user = body.user, error = %e, "login refused"))?;
+            .inspect_err(|e| {
+                if matches!(
+                    e,
+                    IdentityError::InvalidCredentials | IdentityError::Disabled(_)
+                ) {
+                    s.limiter.failed(&subjects, std::time::Instant::now());
+                }
+                tracing::info!(user = body.user, error = %e, "login refused")
+            })?;
     let token = identity::issue_token(
         s.store.as_ref(),
         &identity,

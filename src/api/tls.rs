@@ -54,7 +54,9 @@ pub async fn serve_tls(
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers that rate-limit by address read it from this extension.
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(super::PeerAddr(peer))));
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::server::{
     self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
@@ -19,7 +19,7 @@ use super::SshFront;
 use super::channel::{self, ChannelContext};
 use super::forward::{self, Destination};
 use super::upstream::UpstreamConnection;
-use crate::identity::{self, Identity};
+use crate::identity::{self, Identity, Subject};
 use crate::session::{Activity, Limits, SessionHandle, enforce_limits};
 
 /// `root@web-1` → login `root`, target `web-1`, split at the last `@` like every
@@ -171,6 +171,9 @@ struct Downstream {
     identity: Option<Identity>,
     requested: Option<(String, String)>,
     slot: Arc<SessionSlot>,
+    /// A connection counts as at most one failed attempt, however many keys
+    /// its client offers (agents hold several; only one may be registered).
+    counted_failure: bool,
 }
 
 pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketAddr) {
@@ -187,6 +190,7 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         identity: None,
         requested: None,
         slot: slot.clone(),
+        counted_failure: false,
     };
     match server::run_stream(front.config.clone(), stream, handler).await {
         Ok(running) => {
@@ -205,17 +209,33 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
 }
 
 impl Downstream {
-    /// Lets a key through only if it belongs to an enabled user and the username
-    /// names a login and a target.
-    async fn identify(&self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
-        split_username(user)?;
-        match identity::by_public_key(self.front.store.as_ref(), key).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
-                None
-            }
+    /// Lets a key through only if it belongs to an enabled user, the username
+    /// names a login and a target, and neither the username nor the address has
+    /// failed too often lately.
+    async fn identify(&mut self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
+        let subjects = [
+            Subject::User(user.to_string()),
+            Subject::Address(self.peer.ip()),
+        ];
+        if self.front.limiter.check(&subjects, Instant::now()).is_err() {
+            tracing::warn!(peer = %self.peer, user, "ssh authentication refused: too many failed attempts");
+            return None;
         }
+        let found = match split_username(user) {
+            None => None,
+            Some(_) => match identity::by_public_key(self.front.store.as_ref(), key).await {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
+                    None
+                }
+            },
+        };
+        if found.is_none() && !self.counted_failure {
+            self.counted_failure = true;
+            self.front.limiter.failed(&subjects, Instant::now());
+        }
+        found
     }
 }
 

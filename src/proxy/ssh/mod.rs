@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::SshConfig;
+use crate::identity::FailureLimiter;
 use crate::session::Pipeline;
 use crate::store::Store;
 
@@ -37,6 +38,8 @@ pub struct SshFront {
     pub upstream: SshUpstream,
     /// env allow-list, idle timeout, maximum session length.
     pub settings: SshConfig,
+    /// Failed authentication per SSH username and per source address.
+    pub limiter: Arc<FailureLimiter>,
     config: Arc<russh::server::Config>,
 }
 
@@ -47,6 +50,7 @@ impl SshFront {
         host_key: PrivateKey,
         upstream: SshUpstream,
         settings: SshConfig,
+        limiter: Arc<FailureLimiter>,
     ) -> Self {
         let config = russh::server::Config {
             keys: vec![host_key],
@@ -64,6 +68,7 @@ impl SshFront {
             store,
             upstream,
             settings,
+            limiter,
             config: Arc::new(config),
         }
     }
