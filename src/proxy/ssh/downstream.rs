@@ -29,6 +29,9 @@ pub fn split_username(user: &str) -> Option<(&str, &str)> {
     (!login.is_empty() && !target.is_empty()).then_some((login, target))
 }
 
+/// Queued refusal messages per connection (see `SessionSlot::notices`).
+const MAX_NOTICES: usize = 16;
+
 /// The upstream session shared by all channels of one connection.
 pub(super) struct OpenSession {
     pub upstream: UpstreamConnection,
@@ -49,8 +52,8 @@ pub(super) struct SessionSlot {
     /// for them to tell their clients why before it disconnects.
     pub channels: watch::Sender<usize>,
     /// Refusals the client should read (e.g. of `-R`, which has no channel of
-    /// its own); the next session channel prints them on stderr. Bounded by
-    /// the number of requests the client makes, each refused at most once.
+    /// its own); the next session channel prints them on stderr. At most
+    /// [`MAX_NOTICES`] wait; a client that provokes more loses the extras.
     notices: SyncMutex<Vec<String>>,
     notice_ready: Notify,
 }
@@ -102,10 +105,12 @@ impl SessionSlot {
 
     /// Queues a sentence for the client's next session channel.
     pub fn notify(&self, notice: String) {
-        self.notices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(notice);
+        let mut queue = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= MAX_NOTICES {
+            return;
+        }
+        queue.push(notice);
+        drop(queue);
         // notify_one stores a permit when nobody waits yet: no lost wake-up.
         self.notice_ready.notify_one();
     }
