@@ -67,6 +67,27 @@ pub struct SshConfig {
     /// How long to wait for a target to accept TCP and finish the SSH handshake.
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
+    /// Environment variables a client may pass to the target (`SendEnv`): exact
+    /// names, or a prefix ending in `*` (`LC_*`). Others are dropped.
+    pub env_allow: Vec<String>,
+    /// A session that carries no byte for this long is ended; "0s" turns it off.
+    #[serde(with = "serde_duration")]
+    pub idle_timeout: Duration,
+    /// No session lasts longer than this, whatever its grant; "0s" turns it off.
+    #[serde(with = "serde_duration")]
+    pub max_session: Duration,
+}
+
+impl SshConfig {
+    /// Whether the client may set the environment variable `name` upstream.
+    pub fn env_allowed(&self, name: &str) -> bool {
+        self.env_allow
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +129,13 @@ pub struct AccessConfig {
     /// How often the policy folder is checked for changes (SIGHUP reloads at once).
     #[serde(with = "serde_duration")]
     pub policy_reload_interval: Duration,
+    /// Failed logins (API password+TOTP, SSH key) tolerated per user name
+    /// within `auth_failure_window` before further attempts are refused.
+    pub max_auth_failures_per_user: usize,
+    /// The same per source address (usually higher: NAT, shared jump hosts).
+    pub max_auth_failures_per_address: usize,
+    #[serde(with = "serde_duration")]
+    pub auth_failure_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +194,9 @@ impl Default for SshConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             upstream_cert_ttl: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            env_allow: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_session: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -196,6 +227,9 @@ impl Default for AccessConfig {
             enforce_interval: Duration::from_millis(250),
             request_ttl: Duration::from_secs(3600),
             policy_reload_interval: Duration::from_secs(2),
+            max_auth_failures_per_user: 5,
+            max_auth_failures_per_address: 20,
+            auth_failure_window: Duration::from_secs(300),
         }
     }
 }
@@ -265,6 +299,11 @@ impl Config {
         if self.postgres.connect_timeout.is_zero() {
             problems.push("postgres.connect_timeout must be positive".to_string());
         }
+        if self.access.max_auth_failures_per_user == 0
+            || self.access.max_auth_failures_per_address == 0
+        {
+            problems.push("access.max_auth_failures_* must be at least 1".to_string());
+        }
         if self.access.max_grant.is_zero() {
             problems.push("access.max_grant must be positive".to_string());
         }
@@ -315,6 +354,15 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("upstream_cert_ttl"), "{msg}");
         assert!(msg.contains("enforce_interval"), "{msg}");
+    }
+
+    #[test]
+    fn the_env_allow_list_takes_names_and_prefixes() {
+        let c = Config::default();
+        assert!(c.ssh.env_allowed("LANG"));
+        assert!(c.ssh.env_allowed("LC_ALL"));
+        assert!(!c.ssh.env_allowed("LANGUAGE"));
+        assert!(!c.ssh.env_allowed("LD_PRELOAD"));
     }
 
     #[test]

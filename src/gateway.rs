@@ -13,6 +13,7 @@ use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
 use crate::api::{self, ApiState, HttpsFront, LocalCa};
 use crate::config::Config;
 use crate::credentials::{AssertionSigner, PgRoleMinter, SshCertificateAuthority};
+use crate::identity::{FailureLimiter, LimiterConfig};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
@@ -98,6 +99,11 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     let http_signer = Arc::new(
         AssertionSigner::from_pkcs8(keys.http_assertion.expose(), "drawbridge").map_err(setup)?,
     );
+    let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
+        per_user: config.access.max_auth_failures_per_user,
+        per_address: config.access.max_auth_failures_per_address,
+        window: config.access.auth_failure_window,
+    }));
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         access.clone(),
@@ -121,6 +127,8 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         SshUpstream {
             connect_timeout: config.ssh.connect_timeout,
         },
+        config.ssh.clone(),
+        limiter.clone(),
     ));
     let tls = api::server_tls_config(
         LocalCa::new(
@@ -140,6 +148,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     ));
     let handoff = Arc::new(Handoff::default());
     let router = api::router(Arc::new(ApiState {
+        limiter,
         store: store.clone(),
         access: access.clone(),
         registry: registry.clone(),

@@ -199,3 +199,55 @@ fn an_unreachable_target_is_reported_without_hanging() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("is unreachable"), "{}", stderr(&o));
 }
+
+#[test]
+fn repeated_failed_logins_lock_that_user_out_but_not_others() {
+    let w = World::new();
+    for _ in 0..5 {
+        let o = w.carol.login_with("wrong-password", &w.carol.code());
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("invalid credentials"), "{}", stderr(&o));
+    }
+    // The right password no longer helps carol for a while...
+    let o = w.carol.login_with("pw-carol", &w.carol.code());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("too many failed logins; try again in"),
+        "{}",
+        stderr(&o)
+    );
+    // ...while bob, from the same address (under its own, higher limit), logs in.
+    w.bob.login();
+}
+
+#[test]
+fn repeated_failed_ssh_attempts_from_one_address_refuse_even_a_good_key() {
+    let w = World::with_ssh_config("[access]\nmax_auth_failures_per_address = 3");
+    w.grant_alice("web-1", "root", "30m");
+    let stranger = w.gateway.path("stranger");
+    keygen(&stranger);
+    for _ in 0..3 {
+        let o = std::process::Command::new("ssh")
+            .args(["-p", &w.alice.ssh_port.to_string(), "-i"])
+            .arg(&stranger)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                w.alice.known_hosts.display()
+            ))
+            .arg("root@web-1@127.0.0.1")
+            .arg("true")
+            .output()
+            .expect("ssh");
+        assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    }
+    let o = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    assert!(
+        w.gateway.log().contains("too many failed attempts"),
+        "{}",
+        w.gateway.log()
+    );
+}

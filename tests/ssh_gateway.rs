@@ -94,13 +94,53 @@ fn approved_grant_opens_exec_and_pty_shell_with_a_recorded_certificate_login() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ssh -tt");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
+    // Type only once the shell answers, as a person would: a shell that is still
+    // starting may flush input typed too early (readline resets the terminal).
+    let mut stdin = child.stdin.take().expect("stdin");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut out_pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let ready =
+        |needle: &str| String::from_utf8_lossy(&seen.lock().expect("lock")).contains(needle);
+    let start = Instant::now();
+    'wait: while !ready("shell-ready-2") {
+        // The arithmetic makes the answer differ from the echoed input.
+        stdin
+            .write_all(b"echo shell-ready-$((1+1))\n")
+            .expect("type");
+        let poll = Instant::now();
+        while poll.elapsed() < Duration::from_millis(500) {
+            if ready("shell-ready-2") {
+                break 'wait;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the shell never answered"
+        );
+    }
+    stdin
         .write_all(b"tty; echo pty-$((6*7)); exit 0\n")
         .expect("type");
+    drop(stdin);
     let o = child.wait_with_output().expect("wait");
+    reader.join().expect("reader");
+    let o = std::process::Output {
+        stdout: seen.lock().expect("lock").clone(),
+        ..o
+    };
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("/dev/pts/") && out.contains("pty-42"), "{out}");

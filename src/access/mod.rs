@@ -51,6 +51,13 @@ pub enum AccessError {
         state: &'static str,
         expected: &'static str,
     },
+    #[error("port forwarding from {target} to {host}:{port} is not allowed (policy: {policies})")]
+    ForwardDenied {
+        target: String,
+        host: String,
+        port: u32,
+        policies: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -117,6 +124,28 @@ impl Access {
         grant_active: bool,
         requester: Option<&str>,
     ) -> Decision {
+        self.decide_with(
+            identity,
+            action,
+            target,
+            login,
+            grant_active,
+            requester,
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide_with(
+        &self,
+        identity: &Identity,
+        action: Action,
+        target: &Target,
+        login: &str,
+        grant_active: bool,
+        requester: Option<&str>,
+        forward_to: Option<(&str, u32)>,
+    ) -> Decision {
         self.policy.current().decide(&Query {
             principal: Principal {
                 name: identity.name(),
@@ -130,6 +159,7 @@ impl Access {
             login,
             grant_active,
             requester,
+            forward_to,
         })
     }
 
@@ -170,6 +200,44 @@ impl Access {
         Err(AccessError::Denied(Denial::explain(
             &requests, &target, login, now, &decision,
         )))
+    }
+
+    /// May `identity`, inside a session as `login` on `target`, open a
+    /// forwarded connection from the target to `host:port` right now? Asked
+    /// per forwarded channel, so a grant that ended meanwhile stops new ones.
+    /// Returns the ids of the policies that allowed it.
+    pub async fn authorize_forward(
+        &self,
+        identity: &Identity,
+        target: &str,
+        login: &str,
+        (host, port): (&str, u32),
+        now: UnixTime,
+    ) -> Result<Vec<String>, AccessError> {
+        let target = self.target(target).await?;
+        let requests = self
+            .store
+            .requests_for(identity.user().id, &target.name, login)
+            .await?;
+        let active = requests.iter().any(|r| grant::is_active(r, now));
+        let decision = self.decide_with(
+            identity,
+            Action::Forward,
+            &target,
+            login,
+            active,
+            None,
+            Some((host, port)),
+        );
+        if decision.allowed {
+            return Ok(decision.policy_ids);
+        }
+        Err(AccessError::ForwardDenied {
+            target: target.name,
+            host: host.to_string(),
+            port,
+            policies: policy_ids(&decision),
+        })
     }
 
     /// Whether a grant a live session relies on is still usable.

@@ -24,14 +24,19 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::access::{Access, AccessError, NewAccess};
-use crate::identity::{self, Identity, IdentityError};
+use crate::identity::{self, FailureLimiter, Identity, IdentityError, Subject};
 use crate::secret::Secret;
 use crate::session::{EndReason, Registry};
 use crate::store::{RequestState, Store, StoreError};
 use crate::time;
 use types::*;
 
+/// The TCP peer of the HTTPS connection a request came on.
+#[derive(Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 pub struct ApiState {
+    pub limiter: Arc<FailureLimiter>,
     pub store: Arc<dyn Store>,
     pub access: Arc<Access>,
     pub registry: Registry,
@@ -72,6 +77,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/login", get(web::login_page).post(web::login_submit))
         .route("/.well-known/jwks.json", get(web::jwks))
+        .route("/api/v1/sessions/{id}/kill", post(kill))
         .with_state(state)
 }
 
@@ -99,9 +105,10 @@ impl From<IdentityError> for ApiError {
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         let status = match &e {
-            AccessError::Denied(_) | AccessError::SelfApproval | AccessError::NotAllowed { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            AccessError::Denied(_)
+            | AccessError::SelfApproval
+            | AccessError::NotAllowed { .. }
+            | AccessError::ForwardDenied { .. } => StatusCode::FORBIDDEN,
             AccessError::NotFound(_) | AccessError::UnknownTarget(_) => StatusCode::NOT_FOUND,
             AccessError::WrongState { .. } => StatusCode::CONFLICT,
             AccessError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -145,9 +152,24 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
 
 async fn login(
     State(s): Shared,
+    axum::Extension(PeerAddr(peer)): axum::Extension<PeerAddr>,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let now = time::now();
+    let subjects = [
+        Subject::User(body.user.clone()),
+        Subject::Address(peer.ip()),
+    ];
+    if let Err(wait) = s.limiter.check(&subjects, std::time::Instant::now()) {
+        tracing::warn!(user = body.user, %peer, "login refused: too many failed attempts");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins; try again in {}s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
     let password = Secret::new(body.password);
     let identity =
         match identity::by_password_totp(s.store.as_ref(), &body.user, &password, &body.totp, now)
@@ -155,6 +177,12 @@ async fn login(
         {
             Ok(identity) => identity,
             Err(e) => {
+                if matches!(
+                    e,
+                    IdentityError::InvalidCredentials | IdentityError::Disabled(_)
+                ) {
+                    s.limiter.failed(&subjects, std::time::Instant::now());
+                }
                 tracing::info!(user = body.user, error = %e, "login refused");
                 s.audit_event("login.failed", &body.user, "api", &e.to_string());
                 return Err(e.into());
@@ -344,6 +372,42 @@ async fn release(
         .end_where(|i| i.grant_id == Some(id), EndReason::GrantReleased(id));
     tracing::info!(grant = id, sessions_ended = ended, "grant released");
     Ok(Json(row.into()))
+}
+
+/// Ends a live session on this gateway now. Only admins and members of the
+/// `approvers` group may, the same people who may end access by revoking.
+async fn kill(
+    State(s): Shared,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Comment>,
+) -> Result<Json<Killed>, ApiError> {
+    let user = who.user();
+    if !user.admin && !user.groups.iter().any(|g| g == "approvers") {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not kill sessions (admins and approvers may)",
+                who.name()
+            ),
+        ));
+    }
+    let by = match body.comment.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => format!("{} ({c})", who.name()),
+        _ => who.name().to_string(),
+    };
+    let reason = EndReason::Killed(by);
+    if s.registry.end_where(|i| i.id == id, reason.clone()) == 0 {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no live session {id} on this gateway"),
+        ));
+    }
+    tracing::info!(session = id, by = who.name(), "session killed");
+    Ok(Json(Killed {
+        id,
+        reason: reason.to_string(),
+    }))
 }
 
 async fn sessions(State(s): Shared, Caller(_): Caller) -> Result<Json<Vec<SessionView>>, ApiError> {

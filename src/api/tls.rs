@@ -51,6 +51,9 @@ impl HttpsFront {
         if let Some(target) = self.apps.target_of(&host) {
             return Ok(self.apps.handle(req, target, peer).await);
         }
+        let mut req = req;
+        // Handlers that rate-limit by address read it from this extension.
+        req.extensions_mut().insert(super::PeerAddr(peer));
         TowerToHyperService::new(self.api.clone()).call(req).await
     }
 }

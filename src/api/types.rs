@@ -43,6 +43,14 @@ pub struct Comment {
     pub comment: Option<String>,
 }
 
+/// The answer to `POST /api/v1/sessions/{id}/kill`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Killed {
+    pub id: String,
+    /// What the engineer's client was told.
+    pub reason: String,
+}
+
 /// A request or grant as clients see it.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RequestView {

@@ -146,6 +146,15 @@ impl SessionsArgs {
     }
 }
 
+#[derive(Args)]
+pub struct KillArgs {
+    /// The session id, e.g. s-3f9a1c0b7d2e4f60 (see `drawbridge sessions --live`).
+    id: String,
+    /// Shown to the engineer with the reason.
+    #[arg(long)]
+    comment: Option<String>,
+}
+
 fn prompt(label: &str) -> anyhow::Result<String> {
     eprint!("{label}: ");
     std::io::stderr().flush()?;
@@ -374,6 +383,21 @@ pub async fn own(args: IdArgs, action: &str) -> anyhow::Result<ExitCode> {
         .call(Method::POST, &path, Some(&Comment::default()))
         .await?;
     print_request(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_saved_login()?;
+    let killed: Killed = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/kill", args.id),
+            Some(&Comment {
+                comment: args.comment,
+            }),
+        )
+        .await?;
+    println!("session {} ended: {}", killed.id, killed.reason);
     Ok(ExitCode::SUCCESS)
 }
 

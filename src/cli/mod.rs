@@ -67,6 +67,8 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// List sessions.
     Sessions(access::SessionsArgs),
+    /// End a live session now (admins and approvers).
+    Kill(access::KillArgs),
     /// Play a recorded session back in the terminal.
     Replay(audit::ReplayArgs),
     /// Export a recording: asciicast v2 or JSON Lines.
@@ -131,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::BreakGlass(a) => access::break_glass(a).await,
             Command::Policy(c) => policy::run(&config()?, c).await,
             Command::Sessions(a) => access::sessions(a).await,
+            Command::Kill(a) => access::kill(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Export(a) => audit::export(&config()?, a),
             Command::Verify(a) => audit::verify(&config()?, a),

@@ -96,6 +96,7 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<ExitCode>
         login: &args.login,
         grant_active,
         requester: args.requester.as_deref(),
+        forward_to: None,
     };
     let decision = engine.decide(&query(args.grant_active));
     print_decision(&decision, action);

@@ -5,10 +5,12 @@
 //! check succeeded and the user was found enabled, so every later stage can take one
 //! as proof.
 
+mod limiter;
 mod password;
 mod token;
 mod totp;
 
+pub use limiter::{FailureLimiter, LimiterConfig, Subject};
 pub use password::hash_password;
 pub use token::LoginToken;
 pub use totp::{TotpSecret, totp_code};

@@ -88,6 +88,23 @@ fn context(q: &Query<'_>) -> Result<Context, String> {
             ),
         ],
         Action::BreakGlass => vec![login],
+        Action::Forward => {
+            let (host, port) = q
+                .forward_to
+                .ok_or_else(|| "a forward query must name the destination".to_owned())?;
+            vec![
+                login,
+                (
+                    "grant_active".to_owned(),
+                    RestrictedExpression::new_bool(q.grant_active),
+                ),
+                ("host".to_owned(), string(host)),
+                (
+                    "port".to_owned(),
+                    RestrictedExpression::new_long(i64::from(port)),
+                ),
+            ]
+        }
         Action::Approve => {
             let requester = q
                 .requester

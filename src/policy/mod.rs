@@ -76,6 +76,9 @@ pub enum Action {
     Approve,
     /// Open an emergency grant for oneself without approval.
     BreakGlass,
+    /// Open a forwarded TCP connection (`ssh -L`, `ssh -W`, ProxyJump) from the
+    /// target to `Query::forward_to`.
+    Forward,
 }
 
 impl Action {
@@ -86,6 +89,7 @@ impl Action {
             Action::Request => "request",
             Action::Approve => "approve",
             Action::BreakGlass => "break_glass",
+            Action::Forward => "forward",
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct Query<'a> {
     /// The user whose request is being approved (`context.requester`);
     /// required for [`Action::Approve`], ignored otherwise.
     pub requester: Option<&'a str>,
+    /// Where a forwarded connection goes (`context.host`, `context.port`);
+    /// required for [`Action::Forward`], ignored otherwise.
+    pub forward_to: Option<(&'a str, u32)>,
 }
 
 /// The outcome of [`PolicyEngine::decide`].

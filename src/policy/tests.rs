@@ -40,6 +40,7 @@ fn ask(
         login: "admin",
         grant_active,
         requester,
+        forward_to: None,
     })
 }
 
@@ -58,10 +59,72 @@ fn builtin_policies_parse_and_validate() {
             "break-glass-group",
             "connect-with-active-grant",
             "forbid-prod-connect-without-grant",
+            "forbid-prod-forward",
             "forbid-self-approval",
+            "forward-with-active-grant",
             "prod-root-needs-two-approvers",
         ]
     );
+}
+
+fn ask_forward(
+    engine: &PolicyEngine,
+    target_labels: &BTreeMap<String, String>,
+    grant: bool,
+) -> Decision {
+    engine.decide(&Query {
+        principal: Principal {
+            name: "alice",
+            groups: &[],
+        },
+        action: Action::Forward,
+        target: TargetRef {
+            name: "db-1",
+            labels: target_labels,
+        },
+        login: "admin",
+        grant_active: grant,
+        requester: None,
+        forward_to: Some(("127.0.0.1", 5432)),
+    })
+}
+
+#[test]
+fn forwarding_needs_a_grant_and_is_never_allowed_to_prod() {
+    let engine = PolicyEngine::builtin();
+    let staging = labels(&[("env", "staging")]);
+    let prod = labels(&[("env", "prod")]);
+    let allowed = ask_forward(&engine, &staging, true);
+    assert!(allowed.allowed, "{allowed:?}");
+    assert_eq!(allowed.policy_ids, ["forward-with-active-grant"]);
+    assert!(!ask_forward(&engine, &staging, false).allowed);
+    let denied = ask_forward(&engine, &prod, true);
+    assert!(!denied.allowed);
+    assert_eq!(denied.policy_ids, ["forbid-prod-forward"]);
+}
+
+#[test]
+fn a_forward_query_without_a_destination_fails_closed() {
+    let engine = PolicyEngine::builtin();
+    let staging = labels(&[("env", "staging")]);
+    let mut q = Query {
+        principal: Principal {
+            name: "alice",
+            groups: &[],
+        },
+        action: Action::Forward,
+        target: TargetRef {
+            name: "db-1",
+            labels: &staging,
+        },
+        login: "admin",
+        grant_active: true,
+        requester: None,
+        forward_to: None,
+    };
+    assert!(!engine.decide(&q).allowed);
+    q.forward_to = Some(("db", 5432));
+    assert!(engine.decide(&q).allowed);
 }
 
 #[test]

@@ -9,11 +9,13 @@
 
 mod enforce;
 mod error;
+mod limits;
 mod pipeline;
 mod registry;
 
 pub use enforce::enforce;
 pub use error::{SessionError, Side, UpstreamError};
+pub use limits::{Activity, Limits, enforce_limits};
 pub use pipeline::{Established, Pipeline, RecordingSetup, SessionHandle, Upstream};
 pub use registry::{EndReason, LiveInfo, LiveSession, Registry};
 

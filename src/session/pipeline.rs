@@ -96,6 +96,12 @@ impl Pipeline {
         &self.registry
     }
 
+    /// For decisions inside an open session (port forwarding), which the
+    /// protocol asks per channel.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
     async fn mint(
         &self,
         protocol: &str,

@@ -20,6 +20,8 @@ pub enum EndReason {
     GrantReleased(RequestId),
     UserDisabled,
     Killed(String),
+    Idle(std::time::Duration),
+    MaxSession(std::time::Duration),
     Shutdown,
     RecordingFailed,
 }
@@ -32,6 +34,16 @@ impl fmt::Display for EndReason {
             EndReason::GrantReleased(id) => write!(f, "grant {id} was released"),
             EndReason::UserDisabled => write!(f, "your account was disabled"),
             EndReason::Killed(by) => write!(f, "session terminated by {by}"),
+            EndReason::Idle(d) => write!(
+                f,
+                "session idle for {}, the limit",
+                humantime::format_duration(*d)
+            ),
+            EndReason::MaxSession(d) => write!(
+                f,
+                "session reached its maximum length of {}",
+                humantime::format_duration(*d)
+            ),
             EndReason::Shutdown => write!(f, "the gateway is shutting down"),
             EndReason::RecordingFailed => {
                 write!(f, "the session could not be recorded (fail-closed)")

@@ -77,7 +77,8 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nUsePAM no\n\
                      TrustedUserCAKeys {ca}\nAuthorizedKeysFile none\nStrictModes no\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
-                     LogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                     LogLevel VERBOSE\nSubsystem sftp internal-sftp\n\
+                     AcceptEnv LANG LC_* DRAWBRIDGE_TEST_*\nAllowTcpForwarding yes\n",
                     hk = host_key.display(),
                     pid = dir.path().join("sshd.pid").display(),
                     ca = ca_pub.display(),
@@ -145,17 +146,27 @@ impl Gateway {
     /// Starts with `extra` (TOML: top-level keys and whole tables, e.g. a
     /// `[recording]` section) put before the test's own listener settings.
     pub fn start_with(extra: &str) -> Gateway {
+        Gateway::start_configured(extra, "")
+    }
+
+    /// A gateway whose config's `[ssh]` section ends with `ssh_extra` (TOML lines).
+    pub fn start_with_ssh(ssh_extra: &str) -> Gateway {
+        Gateway::start_configured("", ssh_extra)
+    }
+
+    fn start_configured(extra: &str, ssh_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
         let any = "127.0.0.1:0";
-        write_config(&config, (any, any, any), extra);
+        let extra = format!("{extra}\n{SSH_EXTRA_MARK}{ssh_extra}");
+        write_config(&config, (any, any, any), &extra);
         let (child, ports) = spawn_gateway(dir.path(), &config);
         Gateway {
             config,
             ssh_port: ports.ssh,
             pg_port: ports.pg,
             api_addr: ports.api,
-            extra_config: extra.to_string(),
+            extra_config: extra,
             child,
             dir,
         }
@@ -293,12 +304,17 @@ impl Gateway {
     }
 }
 
-/// Listen addresses: (ssh, postgres, https).
+/// Separates the top-level extra config from the lines that go into `[ssh]`.
+const SSH_EXTRA_MARK: &str = "#ssh-extra\n";
+
+/// Listen addresses: (ssh, postgres, https). `extra` is the top-level extra,
+/// then `SSH_EXTRA_MARK`, then lines for the `[ssh]` section.
 fn write_config(path: &Path, (ssh, pg, api): (&str, &str, &str), extra: &str) {
+    let (top, ssh_extra) = extra.split_once(SSH_EXTRA_MARK).unwrap_or((extra, ""));
     std::fs::write(
         path,
         format!(
-            "{extra}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n\
+            "{top}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n{ssh_extra}\n\
              [postgres]\nlisten = \"{pg}\"\nconnect_timeout = \"5s\"\n[api]\nlisten = \"{api}\"\n"
         ),
     )
@@ -460,6 +476,60 @@ impl User {
             .expect("request id")
     }
 
+    /// The `-o`/`-i` options every stock client (ssh, scp, sftp, rsync's ssh)
+    /// needs: this user's key only, non-interactive, the gateway's host key pinned.
+    pub fn client_options(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.key.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+        ]
+    }
+
+    /// `scp -P PORT …` (add `-O` for the legacy protocol).
+    pub fn scp(&self) -> Command {
+        let mut cmd = Command::new("scp");
+        cmd.args(["-P", &self.ssh_port.to_string()])
+            .args(self.client_options())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `sftp -P PORT -b BATCH LOGIN@TARGET@127.0.0.1`.
+    pub fn sftp(&self, user_at_target: &str, batch: &Path) -> Command {
+        let mut cmd = Command::new("sftp");
+        cmd.args(["-P", &self.ssh_port.to_string()])
+            .args(self.client_options())
+            .arg("-b")
+            .arg(batch)
+            .arg(format!("{user_at_target}@127.0.0.1"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `rsync -e 'ssh -p PORT …'`; the caller adds flags and paths.
+    pub fn rsync(&self) -> Command {
+        let mut cmd = Command::new("rsync");
+        let ssh = format!(
+            "ssh -p {} {}",
+            self.ssh_port,
+            self.client_options().join(" ")
+        );
+        cmd.arg("-e").arg(ssh).stdin(Stdio::null());
+        cmd
+    }
+
     /// Stock OpenSSH client, non-interactive, pinned to the gateway's host key.
     pub fn ssh(&self, user_at_target: &str) -> Command {
         let mut cmd = Command::new("ssh");
@@ -502,6 +572,11 @@ impl World {
         World::with_gateway(Gateway::start())
     }
 
+    /// A world whose gateway config has `ssh_extra` at the end of its `[ssh]` section.
+    pub fn with_ssh_config(ssh_extra: &str) -> World {
+        World::with_gateway(Gateway::start_with_ssh(ssh_extra))
+    }
+
     pub fn with_gateway(gateway: Gateway) -> World {
         let sshd = Sshd::start(&gateway.path("data/keys/ssh_user_ca.pub"));
         gateway.add_target("web-1", &sshd, &["env=prod"]);
@@ -538,6 +613,60 @@ impl User {
     pub fn login_once(&self) {
         if !self.home.join("cli/login.json").exists() {
             self.login();
+        }
+    }
+}
+
+impl World {
+    /// The live sessions as `drawbridge sessions --live --json` lists them,
+    /// once there are at least `n`.
+    pub fn wait_for_live(&self, n: usize) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let o = self.bob.cli(&["sessions", "--live", "--json"]);
+            let list: Vec<serde_json::Value> =
+                serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if list.len() >= n {
+                return list;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no live session: {}",
+                self.gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `note` records of all recordings, once `n` sessions are sealed.
+    pub fn wait_for_notes(&self, n: usize) -> Vec<String> {
+        let w = self;
+        use drawbridge::recording::proto::record::Body;
+        let start = std::time::Instant::now();
+        loop {
+            let mut sealed = 0;
+            let mut notes = Vec::new();
+            for entry in std::fs::read_dir(w.gateway.path("recordings")).expect("dir") {
+                let path = entry.expect("entry").path();
+                let Ok(rec) = drawbridge::recording::read_file(&path) else {
+                    continue;
+                };
+                sealed += usize::from(rec.seal().is_some());
+                for r in &rec.records {
+                    if let Some(Body::Note(note)) = &r.body {
+                        notes.push(note.text.clone());
+                    }
+                }
+            }
+            if sealed >= n {
+                return notes;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "recordings not sealed: {}",
+                w.gateway.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One task per session channel: wait for the client to say what it wants (pty,
-//! shell, command, subsystem), open the session through the pipeline, then relay
-//! both ways and record, until either side closes or the session is ended.
+//! environment, shell, command, subsystem), open the session through the
+//! pipeline, start the same on the target, then hand over to the relay.
+//! Requests the gateway refuses (X11, agent forwarding) are answered in
+//! `downstream`; here the client is told why, on the channel's stderr.
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use russh::{Channel, ChannelMsg, Pty, client};
 
 use super::SshFront;
 use super::downstream::{OpenSession, SessionSlot};
+use super::relay::{self, Tap};
 use crate::identity::Identity;
 use crate::recording::RecordingError;
 use crate::session::{EndReason, SessionHandle};
@@ -37,8 +40,26 @@ enum Start {
     Subsystem(String),
 }
 
+/// What the client asked for before starting the channel.
+struct Setup {
+    pty: Option<PtyRequest>,
+    /// Allowed variables, forwarded to the target.
+    env: Vec<(String, String)>,
+    /// Sentences for the client and the recording: refused requests, dropped
+    /// variables.
+    notices: Vec<String>,
+    start: Start,
+}
+
 /// Decrements the connection's channel count however the task ends.
-struct Counted(tokio::sync::watch::Sender<usize>);
+pub(super) struct Counted(tokio::sync::watch::Sender<usize>);
+
+impl Counted {
+    pub fn new(channels: &tokio::sync::watch::Sender<usize>) -> Counted {
+        channels.send_modify(|n| *n += 1);
+        Counted(channels.clone())
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -47,12 +68,13 @@ impl Drop for Counted {
 }
 
 pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
-    cx.slot.channels.send_modify(|n| *n += 1);
-    let _counted = Counted(cx.slot.channels.clone());
-
-    let Some((pty, start)) = setup(&mut down).await else {
+    let _counted = Counted::new(&cx.slot.channels);
+    let Some(mut setup) = setup(&mut down, &cx.front).await else {
         return;
     };
+    // Refusals of connection-wide requests (`-R`) come before any channel opens.
+    setup.notices.extend(cx.slot.take_notices());
+    let pty = setup.pty.is_some();
     let (login, target) = (cx.requested.0.as_str(), cx.requested.1.as_str());
     let open = match cx
         .slot
@@ -60,34 +82,36 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
         .await
     {
         Ok(open) => open,
-        Err(message) => return refuse(&down, &message, pty.is_some()).await,
+        Err(message) => return refuse(&down, &message, pty).await,
     };
-    let up = match start_upstream(&open, pty.as_ref(), &start).await {
+    let up = match start_upstream(&open, &setup).await {
         Ok(up) => up,
         Err(e) => {
             let message = format!("drawbridge: target {target} refused the channel: {e}");
-            return refuse(&down, &message, pty.is_some()).await;
+            return refuse(&down, &message, pty).await;
         }
     };
     let channel = down.id().number();
-    if let Err(e) = record_start(&open.session, channel, pty.as_ref(), &start) {
+    if let Err(e) = record_start(&open.session, channel, &setup) {
         tracing::error!(session = open.session.id(), error = %e, "recording failed");
-        return refuse(
-            &down,
-            &EndReason::RecordingFailed.to_string(),
-            pty.is_some(),
-        )
-        .await;
+        return refuse(&down, &EndReason::RecordingFailed.to_string(), pty).await;
     }
-    relay(down, up, &open.session, &cx.downstream, pty.is_some()).await;
+    for notice in &setup.notices {
+        relay::tell(&down, notice, pty).await;
+    }
+    let tap = match &setup.start {
+        Start::Subsystem(name) if name == "sftp" => Tap::Sftp(Box::default()),
+        _ => Tap::Raw,
+    };
+    relay::relay(down, up, &open, &cx.slot, &cx.downstream, tap, pty).await;
 }
 
-/// Collects the pty request until the client asks for a shell, a command or a
-/// subsystem. `None` if the channel closes first.
-async fn setup(down: &mut Channel<ServerMsg>) -> Option<(Option<PtyRequest>, Start)> {
-    let mut pty = None;
+/// Collects pty and environment requests until the client asks for a shell, a
+/// command or a subsystem. `None` if the channel closes first.
+async fn setup(down: &mut Channel<ServerMsg>, front: &SshFront) -> Option<Setup> {
+    let (mut pty, mut env, mut notices) = (None, Vec::new(), Vec::new());
     loop {
-        match down.wait().await? {
+        let start = match down.wait().await? {
             ChannelMsg::RequestPty {
                 term,
                 col_width,
@@ -104,24 +128,51 @@ async fn setup(down: &mut Channel<ServerMsg>) -> Option<(Option<PtyRequest>, Sta
                     pix_width,
                     pix_height,
                     modes: terminal_modes,
-                })
+                });
+                continue;
             }
-            ChannelMsg::RequestShell { .. } => return Some((pty, Start::Shell)),
-            ChannelMsg::Exec { command, .. } => return Some((pty, Start::Exec(command))),
-            ChannelMsg::RequestSubsystem { name, .. } => {
-                return Some((pty, Start::Subsystem(name)));
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                if front.settings.env_allowed(&variable_name) {
+                    env.push((variable_name, variable_value));
+                } else {
+                    tracing::debug!(name = variable_name, "environment variable not allowed");
+                }
+                continue;
             }
+            ChannelMsg::RequestX11 { .. } => {
+                notices
+                    .push("drawbridge: X11 forwarding is not allowed through the gateway".into());
+                continue;
+            }
+            ChannelMsg::AgentForward { .. } => {
+                notices.push(
+                    "drawbridge: agent forwarding is not allowed through the gateway (your keys stay on your machine)"
+                        .into(),
+                );
+                continue;
+            }
+            ChannelMsg::RequestShell { .. } => Start::Shell,
+            ChannelMsg::Exec { command, .. } => Start::Exec(command),
+            ChannelMsg::RequestSubsystem { name, .. } => Start::Subsystem(name),
             ChannelMsg::Close | ChannelMsg::Eof => return None,
-            _ => {}
-        }
+            _ => continue,
+        };
+        return Some(Setup {
+            pty,
+            env,
+            notices,
+            start,
+        });
     }
 }
 
 /// Tells the client why, on stderr, then ends the channel with exit status 1.
 async fn refuse(down: &Channel<ServerMsg>, message: &str, pty: bool) {
-    let newline = if pty { "\r\n" } else { "\n" };
-    let text = format!("{}{newline}", message.replace('\n', newline));
-    let _ = down.extended_data(1, text.as_bytes()).await;
+    relay::tell(down, message, pty).await;
     let _ = down.exit_status(1).await;
     let _ = down.eof().await;
     let _ = down.close().await;
@@ -129,11 +180,10 @@ async fn refuse(down: &Channel<ServerMsg>, message: &str, pty: bool) {
 
 async fn start_upstream(
     open: &OpenSession,
-    pty: Option<&PtyRequest>,
-    start: &Start,
+    setup: &Setup,
 ) -> Result<Channel<client::Msg>, russh::Error> {
     let up = open.upstream.channel_open_session().await?;
-    if let Some(p) = pty {
+    if let Some(p) = &setup.pty {
         up.request_pty(
             false,
             &p.term,
@@ -145,7 +195,12 @@ async fn start_upstream(
         )
         .await?;
     }
-    match start {
+    // Sent without asking for a reply, as OpenSSH does: a target whose AcceptEnv
+    // drops a variable does not fail the channel.
+    for (name, value) in &setup.env {
+        up.set_env(false, name.clone(), value.clone()).await?;
+    }
+    match &setup.start {
         Start::Shell => up.request_shell(false).await?,
         Start::Exec(command) => up.exec(false, command.clone()).await?,
         Start::Subsystem(name) => up.request_subsystem(false, name.clone()).await?,
@@ -156,13 +211,18 @@ async fn start_upstream(
 fn record_start(
     session: &SessionHandle,
     channel: u32,
-    pty: Option<&PtyRequest>,
-    start: &Start,
+    setup: &Setup,
 ) -> Result<(), RecordingError> {
-    if let Some(p) = pty {
+    if let Some(p) = &setup.pty {
         session.record(|r| r.pty(channel, &p.term, p.cols, p.rows))?;
     }
-    match start {
+    for (name, _) in &setup.env {
+        session.record(|r| r.note(&format!("channel {channel}: env {name}")))?;
+    }
+    for notice in &setup.notices {
+        session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")))?;
+    }
+    match &setup.start {
         Start::Shell => Ok(()),
         Start::Exec(command) => {
             session.record(|r| r.exec(channel, &String::from_utf8_lossy(command)))
@@ -171,98 +231,4 @@ fn record_start(
             session.record(|r| r.note(&format!("channel {channel}: subsystem {name}")))
         }
     }
-}
-
-/// Relays until one side closes or the session is ended. Every chunk is recorded
-/// before it is forwarded, so the recording never lags what the client saw; a
-/// recording failure ends the session (fail closed).
-async fn relay(
-    down: Channel<ServerMsg>,
-    up: Channel<client::Msg>,
-    session: &SessionHandle,
-    downstream: &server::Handle,
-    pty: bool,
-) {
-    let channel = down.id().number();
-    let (mut down_rx, down_tx) = down.split();
-    let (mut up_rx, up_tx) = up.split();
-    let mut live = session.live();
-    loop {
-        // All three arms are cancel-safe: `wait` on a channel only takes a message
-        // off its queue when it completes, and `ended` holds no state.
-        tokio::select! {
-            reason = live.ended() => {
-                let _ = session.record(|r| r.note(&format!("session ended: {reason}")));
-                let newline = if pty { "\r\n" } else { "\n" };
-                let message = format!("{newline}drawbridge: {reason}; closing the session{newline}");
-                let _ = down_tx.extended_data(1, message.as_bytes()).await;
-                let _ = down_tx.exit_status(255).await;
-                let _ = down_tx.eof().await;
-                let _ = down_tx.close().await;
-                let _ = up_tx.close().await;
-                return;
-            }
-            msg = down_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if session.record(|r| r.input(channel, &data)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    if up_tx.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                Some(ChannelMsg::Eof) => {
-                    let _ = up_tx.eof().await;
-                }
-                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
-                    if session.record(|r| r.resize(channel, col_width, row_height)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    let _ = up_tx.window_change(col_width, row_height, pix_width, pix_height).await;
-                }
-                Some(ChannelMsg::Signal { signal }) => {
-                    let _ = up_tx.signal(signal).await;
-                }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            },
-            msg = up_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if session.record(|r| r.output(channel, &data)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    if down_tx.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                Some(ChannelMsg::ExtendedData { data, ext }) => {
-                    if session.record(|r| r.output(channel, &data)).is_err() {
-                        session.end(EndReason::RecordingFailed);
-                        continue;
-                    }
-                    let _ = down_tx.extended_data_bytes(ext, data).await;
-                }
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    let _ = session.record(|r| r.exit_status(channel, exit_status));
-                    let _ = down_tx.exit_status(exit_status).await;
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                    let _ = session.record(|r| r.note(&format!("channel {channel}: killed by signal {signal_name:?}")));
-                    let _ = downstream
-                        .exit_signal_request(down_tx.id(), signal_name, core_dumped, error_message, lang_tag)
-                        .await;
-                }
-                Some(ChannelMsg::Eof) => {
-                    let _ = down_tx.eof().await;
-                }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            },
-        }
-    }
-    let _ = down_tx.close().await;
-    let _ = up_tx.close().await;
 }

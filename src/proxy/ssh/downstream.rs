@@ -1,24 +1,26 @@
 //! The engineer's side of an SSH connection: identify by public key, parse
-//! `LOGIN@TARGET`, accept session channels and hand each to a channel task.
-//! The upstream session is opened once per connection, by the first channel
-//! that asks for a shell, a command or a subsystem.
+//! `LOGIN@TARGET`, accept session and `direct-tcpip` channels and hand each to
+//! its own task. The upstream session is opened once per connection, by the
+//! first channel that needs it. Remote forwarding (`-R`), agent forwarding and
+//! X11 are refused here, and the client is told why on its session channel.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant};
 
 use russh::server::{
     self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, Disconnect};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
 use super::SshFront;
 use super::channel::{self, ChannelContext};
+use super::forward::{self, Destination};
 use super::upstream::UpstreamConnection;
-use crate::identity::{self, Identity};
-use crate::session::SessionHandle;
+use crate::identity::{self, Identity, Subject};
+use crate::session::{Activity, Limits, SessionHandle, enforce_limits};
 
 /// `root@web-1` → login `root`, target `web-1`, split at the last `@` like every
 /// stock client does with `root@web-1@gateway`.
@@ -27,10 +29,15 @@ pub fn split_username(user: &str) -> Option<(&str, &str)> {
     (!login.is_empty() && !target.is_empty()).then_some((login, target))
 }
 
+/// Queued refusal messages per connection (see `SessionSlot::notices`).
+const MAX_NOTICES: usize = 16;
+
 /// The upstream session shared by all channels of one connection.
 pub(super) struct OpenSession {
     pub upstream: UpstreamConnection,
     pub session: SessionHandle,
+    /// Touched by every relay; the idle timeout reads it.
+    pub activity: Arc<Activity>,
 }
 
 enum Slot {
@@ -44,6 +51,11 @@ pub(super) struct SessionSlot {
     /// Number of channel tasks still running; the end-of-session watcher waits
     /// for them to tell their clients why before it disconnects.
     pub channels: watch::Sender<usize>,
+    /// Refusals the client should read (e.g. of `-R`, which has no channel of
+    /// its own); the next session channel prints them on stderr. At most
+    /// [`MAX_NOTICES`] wait; a client that provokes more loses the extras.
+    notices: SyncMutex<Vec<String>>,
+    notice_ready: Notify,
 }
 
 impl SessionSlot {
@@ -75,10 +87,53 @@ impl SessionSlot {
         let open = Arc::new(OpenSession {
             upstream: established.connection,
             session: established.session,
+            activity: Arc::new(Activity::default()),
         });
         *slot = Slot::Open(open.clone());
+        let limits = Limits {
+            idle_timeout: front.settings.idle_timeout,
+            max_session: front.settings.max_session,
+        };
+        tokio::spawn(enforce_limits(
+            open.session.clone(),
+            open.activity.clone(),
+            limits,
+        ));
         tokio::spawn(watch_end(self.clone(), open.clone(), downstream.clone()));
         Ok(open)
+    }
+
+    /// Queues a sentence for the client's next session channel.
+    pub fn notify(&self, notice: String) {
+        let mut queue = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= MAX_NOTICES {
+            return;
+        }
+        queue.push(notice);
+        drop(queue);
+        // notify_one stores a permit when nobody waits yet: no lost wake-up.
+        self.notice_ready.notify_one();
+    }
+
+    /// The next queued notice. Cancel-safe: the queue is popped only in the
+    /// poll that returns the notice.
+    pub async fn next_notice(&self) -> String {
+        loop {
+            if let Some(notice) = self.take_notice() {
+                return notice;
+            }
+            self.notice_ready.notified().await;
+        }
+    }
+
+    /// Every queued notice, for a channel that is starting.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn take_notice(&self) -> Option<String> {
+        let mut queue = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        (!queue.is_empty()).then(|| queue.remove(0))
     }
 
     /// Ends the upstream session (idempotent): disconnects the target and seals the
@@ -121,6 +176,9 @@ struct Downstream {
     identity: Option<Identity>,
     requested: Option<(String, String)>,
     slot: Arc<SessionSlot>,
+    /// A connection counts as at most one failed attempt, however many keys
+    /// its client offers (agents hold several; only one may be registered).
+    counted_failure: bool,
 }
 
 pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketAddr) {
@@ -128,6 +186,8 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
     let slot = Arc::new(SessionSlot {
         slot: Mutex::new(Slot::Empty),
         channels,
+        notices: SyncMutex::new(Vec::new()),
+        notice_ready: Notify::new(),
     });
     let handler = Downstream {
         front: front.clone(),
@@ -135,6 +195,7 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         identity: None,
         requested: None,
         slot: slot.clone(),
+        counted_failure: false,
     };
     match server::run_stream(front.config.clone(), stream, handler).await {
         Ok(running) => {
@@ -144,21 +205,42 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         }
         Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
     }
+    // Let the channel tasks see the end and write their closing records (a
+    // forward's byte counts, files still open) before the recording is sealed.
+    // Bounded, so a stuck task cannot keep the session open.
+    let mut channels = slot.channels.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(1), channels.wait_for(|n| *n == 0)).await;
     slot.finish("client disconnected").await;
 }
 
 impl Downstream {
-    /// Lets a key through only if it belongs to an enabled user and the username
-    /// names a login and a target.
-    async fn identify(&self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
-        split_username(user)?;
-        match identity::by_public_key(self.front.store.as_ref(), key).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
-                None
-            }
+    /// Lets a key through only if it belongs to an enabled user, the username
+    /// names a login and a target, and neither the username nor the address has
+    /// failed too often lately.
+    async fn identify(&mut self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
+        let subjects = [
+            Subject::User(user.to_string()),
+            Subject::Address(self.peer.ip()),
+        ];
+        if self.front.limiter.check(&subjects, Instant::now()).is_err() {
+            tracing::warn!(peer = %self.peer, user, "ssh authentication refused: too many failed attempts");
+            return None;
         }
+        let found = match split_username(user) {
+            None => None,
+            Some(_) => match identity::by_public_key(self.front.store.as_ref(), key).await {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
+                    None
+                }
+            },
+        };
+        if found.is_none() && !self.counted_failure {
+            self.counted_failure = true;
+            self.front.limiter.failed(&subjects, Instant::now());
+        }
+        found
     }
 }
 
@@ -216,6 +298,81 @@ impl server::Handler for Downstream {
         // this callback.
         tokio::spawn(channel::run(channel, context));
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(identity), Some(requested)) = (self.identity.clone(), self.requested.clone())
+        else {
+            return Ok(());
+        };
+        let context = ChannelContext {
+            front: self.front.clone(),
+            slot: self.slot.clone(),
+            identity,
+            requested,
+            downstream: session.handle(),
+        };
+        let destination = Destination {
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+            originator: originator_address.to_string(),
+            originator_port,
+        };
+        // The task answers `reply` after the policy decision.
+        tokio::spawn(forward::run(channel, reply, destination, context));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::info!(peer = %self.peer, address, port = *port, "remote forwarding refused");
+        self.slot.notify(format!(
+            "drawbridge: remote port forwarding (-R {address}:{port}) is not allowed through the gateway"
+        ));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        tracing::info!(peer = %self.peer, socket_path, "remote socket forwarding refused");
+        self.slot.notify(format!(
+            "drawbridge: remote socket forwarding (-R {socket_path}) is not allowed through the gateway"
+        ));
+        Ok(false)
+    }
+
+    // Refused with a failure reply (OpenSSH waits for one); the channel task
+    // tells the client why.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(&mut self, _: ChannelId, _: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
     }
 
     // The channel task acts on these requests; here we only acknowledge them so the

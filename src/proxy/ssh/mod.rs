@@ -4,10 +4,16 @@
 //!
 //! - `downstream`: the russh server side (the engineer's connection).
 //! - `upstream`: the russh client side (the target), host-key pinning included.
-//! - `channel`: one task per session channel, relaying and recording.
+//! - `channel`: one task per session channel: pty, env, shell/exec/subsystem.
+//! - `forward`: one task per `direct-tcpip` channel (`ssh -L`, `ssh -W`).
+//! - `relay`: bytes both ways for either kind, recorded through a tap.
+//! - `sftp`: the SFTP packet decoder that records file operations.
 
 mod channel;
 mod downstream;
+mod forward;
+mod relay;
+mod sftp;
 mod upstream;
 
 pub use upstream::{SshUpstream, parse_host_key};
@@ -20,6 +26,8 @@ use russh::keys::ssh_key::PrivateKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::SshConfig;
+use crate::identity::FailureLimiter;
 use crate::session::Pipeline;
 use crate::store::Store;
 
@@ -28,6 +36,10 @@ pub struct SshFront {
     pub pipeline: Arc<Pipeline>,
     pub store: Arc<dyn Store>,
     pub upstream: SshUpstream,
+    /// env allow-list, idle timeout, maximum session length.
+    pub settings: SshConfig,
+    /// Failed authentication per SSH username and per source address.
+    pub limiter: Arc<FailureLimiter>,
     config: Arc<russh::server::Config>,
 }
 
@@ -37,6 +49,8 @@ impl SshFront {
         store: Arc<dyn Store>,
         host_key: PrivateKey,
         upstream: SshUpstream,
+        settings: SshConfig,
+        limiter: Arc<FailureLimiter>,
     ) -> Self {
         let config = russh::server::Config {
             keys: vec![host_key],
@@ -53,6 +67,8 @@ impl SshFront {
             pipeline,
             store,
             upstream,
+            settings,
+            limiter,
             config: Arc::new(config),
         }
     }

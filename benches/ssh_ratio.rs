@@ -1,0 +1,238 @@
+//! Gateway vs direct OpenSSH, measured in the same run on the same machine:
+//! bulk throughput (`cat > /dev/null`, `scp`), sequential session setup
+//! (`ssh … true`), and concurrent session setup rate. Prints each figure and
+//! the ratio gateway/direct (higher is better for throughput and rate; for
+//! setup latency the ratio is direct/gateway so that higher is better too).
+//!
+//! `cargo bench --bench ssh_ratio` (release). Sizes and counts are bounded and
+//! overridable: `BENCH_MIB` (default 512), `BENCH_SCP_MIB` (256),
+//! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10).
+//! Everything runs on loopback; the gateway records every session as usual.
+//!
+//! The direct path logs in with a user certificate signed by the gateway's own
+//! user CA for the engineer's key, so both paths use the same key type and the
+//! same sshd; only the gateway hop differs.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// How to reach the target: through the gateway or straight to sshd.
+struct Route {
+    name: &'static str,
+    port: u16,
+    dest: String,
+    options: Vec<String>,
+}
+
+impl Route {
+    fn ssh(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-p", &self.port.to_string()])
+            .args(&self.options)
+            .arg(&self.dest);
+        cmd
+    }
+
+    fn scp(&self, file: &Path, remote: &str) -> Command {
+        let mut cmd = Command::new("scp");
+        cmd.args(["-q", "-P", &self.port.to_string()])
+            .args(&self.options)
+            .arg(file)
+            .arg(format!("{}:{remote}", self.dest));
+        cmd
+    }
+}
+
+fn direct_path(w: &World) -> Route {
+    let key_pub = w.alice.key.with_extension("pub");
+    let ca = w.gateway.path("data/keys/ssh_user_ca");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-I", "bench", "-n", "root", "-V", "+1h"])
+        .arg(&key_pub)
+        .status()
+        .expect("ssh-keygen -s");
+    assert!(status.success(), "signing the bench certificate failed");
+    let cert = PathBuf::from(format!("{}-cert.pub", w.alice.key.display()));
+    let known = w.gateway.path("known_hosts_direct");
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}", w.sshd.port, w.sshd.host_key_pub),
+    )
+    .expect("known_hosts");
+    let options = vec![
+        "-i".into(),
+        w.alice.key.display().to_string(),
+        "-o".into(),
+        format!("CertificateFile={}", cert.display()),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known.display()),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+    ];
+    Route {
+        name: "direct",
+        port: w.sshd.port,
+        dest: "root@127.0.0.1".into(),
+        options,
+    }
+}
+
+fn gateway_path(w: &World) -> Route {
+    Route {
+        name: "gateway",
+        port: w.alice.ssh_port,
+        dest: "root@web-1@127.0.0.1".into(),
+        options: w.alice.client_options(),
+    }
+}
+
+/// MiB/s for `mib` MiB of zeroes piped into `cat > /dev/null` on the target.
+fn bulk(path: &Route, mib: usize) -> f64 {
+    let chunk = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut child = path
+        .ssh()
+        .arg("cat > /dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for _ in 0..mib {
+        stdin.write_all(&chunk).expect("write");
+    }
+    drop(stdin);
+    assert!(
+        child.wait().expect("wait").success(),
+        "{} bulk failed",
+        path.name
+    );
+    mib as f64 / start.elapsed().as_secs_f64()
+}
+
+/// MiB/s for one `scp` upload of `file`.
+fn scp(path: &Route, file: &Path, mib: usize, remote_dir: &Path) -> f64 {
+    let remote = remote_dir.join(format!("scp-{}.bin", path.name));
+    let start = Instant::now();
+    let o = path
+        .scp(file, &remote.display().to_string())
+        .output()
+        .expect("scp");
+    let took = start.elapsed();
+    assert!(o.status.success(), "{} scp: {}", path.name, stderr(&o));
+    let _ = std::fs::remove_file(remote);
+    mib as f64 / took.as_secs_f64()
+}
+
+/// Mean milliseconds per `ssh … true`, one after another.
+fn sequential(path: &Route, n: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        let o = path.ssh().arg("true").output().expect("ssh");
+        assert!(o.status.success(), "{}: {}", path.name, stderr(&o));
+    }
+    start.elapsed().as_secs_f64() * 1000.0 / n as f64
+}
+
+/// Sessions per second with `clients` concurrent clients doing `each` each.
+fn concurrent(path: &Route, clients: usize, each: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                for _ in 0..each {
+                    let o = path.ssh().arg("true").output().expect("ssh");
+                    assert!(o.status.success(), "{}: {}", path.name, stderr(&o));
+                }
+            });
+        }
+    });
+    (clients * each) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let mib = env_num("BENCH_MIB", 512);
+    let scp_mib = env_num("BENCH_SCP_MIB", 256);
+    let seq = env_num("BENCH_SEQ", 30);
+    let (conc, each) = (env_num("BENCH_CONC", 8), env_num("BENCH_CONC_EACH", 10));
+
+    let w = World::new();
+    w.grant_alice("web-1", "root", "1h");
+    let direct = direct_path(&w);
+    let gateway = gateway_path(&w);
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("scp.bin");
+    std::fs::write(&file, vec![0x5a; scp_mib << 20]).expect("scp file");
+
+    // Warm both paths (page cache, sshd's first fork) before measuring.
+    for p in [&direct, &gateway] {
+        sequential(p, 2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    println!("ssh_ratio: gateway vs direct OpenSSH on this machine (recording on)");
+    let row = |what: &str, unit: &str, d: f64, g: f64, higher_better: bool| {
+        let ratio = if higher_better { g / d } else { d / g };
+        println!(
+            "{what:<34} direct {d:>9.1} {unit:<10} gateway {g:>9.1} {unit:<10} ratio {ratio:.2}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "benchmark exceeded its time bound"
+        );
+    };
+    let (d, g) = (bulk(&direct, mib), bulk(&gateway, mib));
+    row(
+        &format!("bulk {mib} MiB cat > /dev/null"),
+        "MiB/s",
+        d,
+        g,
+        true,
+    );
+    let (d, g) = (
+        scp(&direct, &file, scp_mib, work.path()),
+        scp(&gateway, &file, scp_mib, work.path()),
+    );
+    row(&format!("scp {scp_mib} MiB upload"), "MiB/s", d, g, true);
+    let (d, g) = (sequential(&direct, seq), sequential(&gateway, seq));
+    row(
+        &format!("sequential setup ×{seq}"),
+        "ms/session",
+        d,
+        g,
+        false,
+    );
+    let (d, g) = (
+        concurrent(&direct, conc, each),
+        concurrent(&gateway, conc, each),
+    );
+    row(
+        &format!("concurrent setup {conc}×{each}"),
+        "sessions/s",
+        d,
+        g,
+        true,
+    );
+}

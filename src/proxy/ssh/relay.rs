@@ -1,0 +1,300 @@
+//! The relay of one channel: bytes and requests both ways between the
+//! engineer's channel and the target's, each chunk recorded through the
+//! channel's [`Tap`] before it is forwarded, until either side closes or the
+//! session is ended.
+
+use std::time::Instant;
+
+use russh::server::{self, Msg as ServerMsg};
+use russh::{Channel, ChannelMsg, client};
+
+use super::downstream::{OpenSession, SessionSlot};
+use super::sftp::SftpTap;
+use crate::recording::RecordingError;
+use crate::session::{EndReason, SessionHandle};
+
+/// How a channel's traffic is recorded.
+pub(super) enum Tap {
+    /// Every byte: terminals and commands.
+    Raw,
+    /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
+    Sftp(Box<SftpTap>),
+    /// A forwarded TCP connection: only its destination, byte counts and
+    /// duration, written when it closes.
+    Forward {
+        destination: String,
+        started: Instant,
+        sent: u64,
+        received: u64,
+    },
+}
+
+impl Tap {
+    /// Engineer → target.
+    fn input(
+        &mut self,
+        session: &SessionHandle,
+        channel: u32,
+        data: &[u8],
+    ) -> Result<(), RecordingError> {
+        match self {
+            Tap::Raw => session.record(|r| r.input(channel, data)),
+            Tap::Sftp(tap) => match tap.requests(data) {
+                Ok(lines) => notes(session, channel, &lines),
+                Err(e) => self.give_up(session, channel, &e.to_string(), data, true),
+            },
+            Tap::Forward { sent, .. } => {
+                *sent += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Target → engineer.
+    fn output(
+        &mut self,
+        session: &SessionHandle,
+        channel: u32,
+        data: &[u8],
+    ) -> Result<(), RecordingError> {
+        match self {
+            Tap::Raw => session.record(|r| r.output(channel, data)),
+            Tap::Sftp(tap) => match tap.responses(data) {
+                Ok(lines) => notes(session, channel, &lines),
+                Err(e) => self.give_up(session, channel, &e.to_string(), data, false),
+            },
+            Tap::Forward { received, .. } => {
+                *received += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// The SFTP stream stopped making sense: say so and record raw bytes from
+    /// here on, so nothing passes unrecorded.
+    fn give_up(
+        &mut self,
+        session: &SessionHandle,
+        channel: u32,
+        why: &str,
+        data: &[u8],
+        input: bool,
+    ) -> Result<(), RecordingError> {
+        let text = format!("channel {channel}: sftp not decodable ({why}); recording raw bytes");
+        session.record(|r| r.note(&text))?;
+        *self = Tap::Raw;
+        if input {
+            session.record(|r| r.input(channel, data))
+        } else {
+            session.record(|r| r.output(channel, data))
+        }
+    }
+
+    /// The closing note of the channel, if the tap has one.
+    fn finish(&mut self, session: &SessionHandle, channel: u32) {
+        let lines = match self {
+            Tap::Raw => return,
+            Tap::Sftp(tap) => tap.finish(),
+            Tap::Forward {
+                destination,
+                started,
+                sent,
+                received,
+            } => vec![format!(
+                "forward to {destination} closed: {sent} bytes sent, {received} bytes received, {:.3}s",
+                started.elapsed().as_secs_f64()
+            )],
+        };
+        let _ = notes(session, channel, &lines);
+    }
+}
+
+fn notes(session: &SessionHandle, channel: u32, lines: &[String]) -> Result<(), RecordingError> {
+    for line in lines {
+        session.record(|r| r.note(&format!("channel {channel}: {line}")))?;
+    }
+    Ok(())
+}
+
+/// Writes `message` on the channel's stderr, with the line endings a terminal
+/// needs when there is a pty.
+pub(super) async fn tell(down: &Channel<ServerMsg>, message: &str, pty: bool) {
+    let newline = if pty { "\r\n" } else { "\n" };
+    let text = format!("{}{newline}", message.replace('\n', newline));
+    let _ = down.extended_data(1, text.as_bytes()).await;
+}
+
+/// Relays until one side closes or the session is ended. Every chunk is recorded
+/// before it is forwarded, so the recording never lags what the client saw; a
+/// recording failure ends the session (fail closed).
+///
+/// The two directions run as separate futures: a write waiting for the target's
+/// window must not stop us from draining the target's replies, or russh's
+/// bounded per-channel queue fills, its connection loop blocks, and the window
+/// adjust we wait for is never read (an SFTP upload deadlocked that way).
+pub(super) async fn relay(
+    down: Channel<ServerMsg>,
+    up: Channel<client::Msg>,
+    open: &OpenSession,
+    slot: &SessionSlot,
+    downstream: &server::Handle,
+    tap: Tap,
+    pty: bool,
+) {
+    let session = &open.session;
+    let channel = down.id().number();
+    let (mut down_rx, down_tx) = down.split();
+    let (mut up_rx, up_tx) = up.split();
+    let forward = matches!(tap, Tap::Forward { .. });
+    // Locked only for a parse and a buffered record write, never across an await.
+    let tap = std::sync::Mutex::new(tap);
+    let with_tap = |f: &mut dyn FnMut(&mut Tap) -> Result<(), RecordingError>| {
+        f(&mut tap.lock().unwrap_or_else(|p| p.into_inner()))
+    };
+    let record = |r: Result<(), RecordingError>| {
+        if r.is_err() {
+            session.end(EndReason::RecordingFailed);
+        }
+        r.is_ok()
+    };
+
+    // Engineer → target. Ends when the engineer closes the channel.
+    let upward = async {
+        while let Some(msg) = down_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    open.activity.touch();
+                    if record(with_tap(&mut |t| t.input(session, channel, &data)))
+                        && up_tx.data_bytes(data).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = up_tx.eof().await;
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    open.activity.touch();
+                    if record(session.record(|r| r.resize(channel, col_width, row_height))) {
+                        let _ = up_tx
+                            .window_change(col_width, row_height, pix_width, pix_height)
+                            .await;
+                    }
+                }
+                ChannelMsg::Signal { signal } => {
+                    let note = format!("channel {channel}: signal {signal:?} sent");
+                    if record(session.record(|r| r.note(&note))) {
+                        let _ = up_tx.signal(signal).await;
+                    }
+                }
+                ChannelMsg::Close => return,
+                _ => {}
+            }
+        }
+    };
+
+    // Target → engineer. Ends when the target closes the channel.
+    let downward = async {
+        while let Some(msg) = up_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    open.activity.touch();
+                    if record(with_tap(&mut |t| t.output(session, channel, &data)))
+                        && down_tx.data_bytes(data).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    open.activity.touch();
+                    // stderr is always recorded raw: diagnostics, not file data.
+                    if record(session.record(|r| r.output(channel, &data))) {
+                        let _ = down_tx.extended_data_bytes(ext, data).await;
+                    }
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    let _ = session.record(|r| r.exit_status(channel, exit_status));
+                    let _ = down_tx.exit_status(exit_status).await;
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    let note = format!("channel {channel}: killed by signal {signal_name:?}");
+                    let _ = session.record(|r| r.note(&note));
+                    let _ = downstream
+                        .exit_signal_request(
+                            down_tx.id(),
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
+                        .await;
+                }
+                ChannelMsg::Eof => {
+                    let _ = down_tx.eof().await;
+                }
+                ChannelMsg::Close => return,
+                _ => {}
+            }
+        }
+    };
+
+    // Refusals made while the channel runs (e.g. a forward), told on stderr.
+    let notices = async {
+        loop {
+            let notice = slot.next_notice().await;
+            let _ = session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")));
+            let text = fix_newlines(&format!("{notice}\n"), pty);
+            let _ = down_tx.extended_data_bytes(1, text.into_bytes()).await;
+        }
+    };
+    let notices = async {
+        if forward {
+            std::future::pending::<()>().await
+        } else {
+            notices.await
+        }
+    };
+
+    let mut live = session.live();
+    // Whichever finishes first ends the relay; dropping the others is fine
+    // because the channel is being closed anyway (a chunk in flight is lost
+    // only when one side has already gone).
+    tokio::select! {
+        reason = live.ended() => {
+            let _ = session.record(|r| r.note(&format!("session ended: {reason}")));
+            if !forward {
+                let message = format!("\ndrawbridge: {reason}; closing the session\n");
+                let text = fix_newlines(&message, pty);
+                let _ = down_tx.extended_data_bytes(1, text.into_bytes()).await;
+                let _ = down_tx.exit_status(255).await;
+            }
+            let _ = down_tx.eof().await;
+        }
+        () = upward => {}
+        () = downward => {}
+        () = notices => {}
+    }
+    tap.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish(session, channel);
+    let _ = down_tx.close().await;
+    let _ = up_tx.close().await;
+}
+
+fn fix_newlines(text: &str, pty: bool) -> String {
+    if pty {
+        text.replace('\n', "\r\n")
+    } else {
+        text.to_string()
+    }
+}
