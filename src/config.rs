@@ -76,6 +76,9 @@ pub struct SshConfig {
     /// No session lasts longer than this, whatever its grant; "0s" turns it off.
     #[serde(with = "serde_duration")]
     pub max_session: Duration,
+    /// Interactive sessions are warned this long before their grant ends.
+    #[serde(with = "serde_duration")]
+    pub grant_end_warning: Duration,
 }
 
 impl SshConfig {
@@ -197,6 +200,7 @@ impl Default for SshConfig {
             env_allow: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
             idle_timeout: Duration::from_secs(30 * 60),
             max_session: Duration::from_secs(12 * 3600),
+            grant_end_warning: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -337,3 +337,34 @@ fn wait_for_live(w: &World, n: usize) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn interactive_sessions_are_warned_before_the_grant_ends() {
+    let w = World::with_ssh_config("grant_end_warning = \"2s\"");
+    let grant = w.grant_alice("web-1", "root", "4s");
+    let started = Instant::now();
+    let o = w
+        .alice
+        .ssh("root@web-1")
+        .args(["-tt", "sleep 30"])
+        .output()
+        .expect("ssh -tt");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = stderr(&o);
+    let warned = err
+        .find(&format!("drawbridge: grant {grant} ends in 0m0"))
+        .unwrap_or_else(|| panic!("no warning in {err:?}"));
+    let closed = err
+        .find(&format!("grant {grant} expired"))
+        .unwrap_or_else(|| panic!("no closing message in {err:?}"));
+    assert!(warned < closed, "{err}");
+    // Commands without a terminal are not interrupted by a warning.
+    let w2 = World::with_ssh_config("grant_end_warning = \"1h\"");
+    w2.grant_alice("web-1", "root", "30m");
+    let o = w2.alice.ssh_run("root@web-1", "echo quiet");
+    assert!(!stderr(&o).contains("ends in"), "{}", stderr(&o));
+}

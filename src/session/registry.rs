@@ -90,6 +90,15 @@ impl LiveSession {
         self.end.borrow().is_some() || self.deadline.is_some_and(|(at, _)| Instant::now() >= at)
     }
 
+    /// When to warn that the grant ends, `before` its end (at once if that
+    /// moment has passed), with the grant and its end; `None` without a grant.
+    pub fn warning(&self, before: std::time::Duration) -> Option<(Instant, RequestId, Instant)> {
+        self.deadline.map(|(end, grant)| {
+            let at = end.checked_sub(before).unwrap_or(end).max(Instant::now());
+            (at, grant, end)
+        })
+    }
+
     /// Waits until the grant's deadline passes or someone ends the session.
     pub async fn ended(&mut self) -> EndReason {
         let deadline = self.deadline;

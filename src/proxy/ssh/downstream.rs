@@ -38,6 +38,8 @@ pub(super) struct OpenSession {
     pub session: SessionHandle,
     /// Touched by every relay; the idle timeout reads it.
     pub activity: Arc<Activity>,
+    /// How long before the grant's end interactive channels are warned.
+    pub warn_before: Duration,
 }
 
 enum Slot {
@@ -88,6 +90,7 @@ impl SessionSlot {
             upstream: established.connection,
             session: established.session,
             activity: Arc::new(Activity::default()),
+            warn_before: front.settings.grant_end_warning,
         });
         *slot = Slot::Open(open.clone());
         let limits = Limits {

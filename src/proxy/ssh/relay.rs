@@ -265,6 +265,26 @@ pub(super) async fn relay(
         }
     };
 
+    // Interactive channels hear, once, that the grant is about to end.
+    let warning = async {
+        if pty && let Some((at, grant, end)) = session.live().warning(open.warn_before) {
+            tokio::time::sleep_until(at).await;
+            let left = end
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs();
+            let message = format!(
+                "\ndrawbridge: grant {grant} ends in {}m{:02}s; this session will be closed then\n",
+                left / 60,
+                left % 60
+            );
+            let _ = session.record(|r| r.note(message.trim()));
+            let _ = down_tx
+                .extended_data_bytes(1, fix_newlines(&message, true).into_bytes())
+                .await;
+        }
+        std::future::pending::<()>().await
+    };
+
     let mut live = session.live();
     // Whichever finishes first ends the relay; dropping the others is fine
     // because the channel is being closed anyway (a chunk in flight is lost
@@ -283,6 +303,7 @@ pub(super) async fn relay(
         () = upward => {}
         () = downward => {}
         () = notices => {}
+        () = warning => {}
     }
     tap.lock()
         .unwrap_or_else(|p| p.into_inner())
