@@ -251,3 +251,89 @@ fn repeated_failed_ssh_attempts_from_one_address_refuse_even_a_good_key() {
         w.gateway.log()
     );
 }
+
+const MFA_POLICY: &str = r#"
+@id("connect-with-grant-and-mfa") @mfa("required")
+permit (principal, action == Action::"connect", resource) when { context.grant_active };
+@id("anyone-may-request")
+permit (principal, action == Action::"request", resource);
+@id("approvers")
+permit (principal in Group::"approvers", action == Action::"approve", resource);
+"#;
+
+/// Stock ssh answering the keyboard-interactive prompt through SSH_ASKPASS.
+fn ssh_with_code(user: &User, code: &str) -> std::process::Output {
+    let askpass = user.home.join("askpass.sh");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho {code}\n")).expect("askpass");
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::process::Command::new("ssh")
+        .args(["-p", &user.ssh_port.to_string(), "-i"])
+        .arg(&user.key)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", user.known_hosts.display()))
+        .args(["-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR"])
+        .arg("root@web-1@127.0.0.1")
+        .arg("echo second-factor-ok")
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ssh")
+}
+
+#[test]
+fn policy_required_mfa_asks_for_a_single_use_totp_code_at_connect() {
+    let gateway = Gateway::start_with("policies_dir = \"mfa-policies\"\n");
+    std::fs::create_dir_all(gateway.path("mfa-policies")).expect("dir");
+    std::fs::write(gateway.path("mfa-policies/main.cedar"), MFA_POLICY).expect("policy");
+    let w = World::with_gateway(gateway);
+    // The gateway reloads the folder within its polling interval; a grant
+    // needing one approval proves the new set is in force.
+    w.alice.login();
+    w.bob.login();
+    let start = Instant::now();
+    loop {
+        let id = w.alice.request("web-1", "root", "30m");
+        let o = w.bob.cli(&["approve", &id.to_string()]);
+        if o.status.success() && !stdout(&o).contains("approval counted") {
+            break;
+        }
+        let _ = w.alice.cli(&["cancel", &id.to_string()]);
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "policy not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Without the prompt (BatchMode) the key alone is not enough.
+    let o = w.alice.ssh_run("root@web-1", "true");
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    // A wrong code is refused.
+    let code = drawbridge::identity::totp_code(w.alice.totp.bytes(), unix_now() + 30);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let o = ssh_with_code(&w.alice, wrong);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!stdout(&o).contains("second-factor-ok"));
+    // The right code opens the session, once.
+    let o = ssh_with_code(&w.alice, &code);
+    assert!(stdout(&o).contains("second-factor-ok"), "{}", stderr(&o));
+    let o = ssh_with_code(&w.alice, &code);
+    assert!(
+        !stdout(&o).contains("second-factor-ok"),
+        "a replayed code must be refused"
+    );
+}

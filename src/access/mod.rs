@@ -240,6 +240,34 @@ impl Access {
         })
     }
 
+    /// Whether policy asks for a second factor before `identity` connects to
+    /// `target` as `login` now (`@mfa("required")` on the permitting policy).
+    /// False when the connection would be refused anyway: the refusal explains.
+    pub async fn connect_requires_mfa(
+        &self,
+        identity: &Identity,
+        target: &str,
+        login: &str,
+        now: UnixTime,
+    ) -> bool {
+        let target = match self.target(target).await {
+            Ok(target) => target,
+            Err(AccessError::UnknownTarget(_)) => return false,
+            Err(_) => return true,
+        };
+        // A store failure asks for the second factor: fail closed.
+        let Ok(requests) = self
+            .store
+            .requests_for(identity.user().id, &target.name, login)
+            .await
+        else {
+            return true;
+        };
+        let active = requests.iter().any(|r| grant::is_active(r, now));
+        let decision = self.decide(identity, Action::Connect, &target, login, active, None);
+        decision.allowed && decision.requirements.mfa
+    }
+
     /// Whether a grant a live session relies on is still usable.
     pub async fn grant_active(&self, id: RequestId, now: UnixTime) -> Result<bool, StoreError> {
         Ok(self

@@ -105,6 +105,32 @@ pub async fn by_password_totp(
     enabled(creds.user, "password+totp")
 }
 
+/// A TOTP code from an already identified user, as a second factor (SSH MFA).
+/// Single use, like at login.
+pub async fn second_factor(
+    store: &dyn Store,
+    identity: &Identity,
+    code: &str,
+    now: UnixTime,
+) -> Result<(), IdentityError> {
+    let creds = store
+        .user_by_name(identity.name())
+        .await?
+        .ok_or(IdentityError::InvalidCredentials)?;
+    let step = creds
+        .totp_secret
+        .as_deref()
+        .and_then(|secret| totp::matching_step(secret, code, now))
+        .ok_or(IdentityError::InvalidCredentials)?;
+    if !store.use_totp_step(creds.user.id, step).await? {
+        return Err(IdentityError::InvalidCredentials);
+    }
+    if creds.user.disabled {
+        return Err(IdentityError::Disabled(creds.user.name));
+    }
+    Ok(())
+}
+
 /// The holder of a login token that has not expired.
 pub async fn by_token(
     store: &dyn Store,

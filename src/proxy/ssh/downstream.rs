@@ -182,6 +182,8 @@ struct Downstream {
     /// A connection counts as at most one failed attempt, however many keys
     /// its client offers (agents hold several; only one may be registered).
     counted_failure: bool,
+    /// Key verified, TOTP still owed (policy asks for MFA at connect).
+    awaiting_totp: Option<Identity>,
 }
 
 pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketAddr) {
@@ -199,6 +201,7 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         requested: None,
         slot: slot.clone(),
         counted_failure: false,
+        awaiting_totp: None,
     };
     match server::run_stream(front.config.clone(), stream, handler).await {
         Ok(running) => {
@@ -274,8 +277,58 @@ impl server::Handler for Downstream {
         };
         tracing::info!(peer = %self.peer, user = identity.name(), login, target, "ssh user identified");
         self.requested = Some((login.to_string(), target.to_string()));
+        let access = self.front.pipeline.access();
+        if access
+            .connect_requires_mfa(&identity, target, login, crate::time::now())
+            .await
+        {
+            // Like OpenSSH's `AuthenticationMethods publickey,keyboard-interactive`:
+            // the key counted, a TOTP code must follow.
+            self.awaiting_totp = Some(identity);
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some((&[russh::MethodKind::KeyboardInteractive][..]).into()),
+                partial_success: true,
+            });
+        }
         self.identity = Some(identity);
         Ok(Auth::Accept)
+    }
+
+    /// The TOTP prompt after a verified key, where policy requires MFA.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(identity) = self.awaiting_totp.clone() else {
+            return Ok(Auth::reject());
+        };
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: "Drawbridge".into(),
+                instructions: "This target requires a second factor.".into(),
+                prompts: vec![("TOTP code: ".into(), false)].into(),
+            });
+        };
+        let code = response
+            .next()
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        let store = self.front.store.as_ref();
+        match identity::second_factor(store, &identity, &code, crate::time::now()).await {
+            Ok(()) => {
+                tracing::info!(peer = %self.peer, user = identity.name(), "ssh second factor accepted");
+                self.awaiting_totp = None;
+                self.identity = Some(identity);
+                Ok(Auth::Accept)
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, user = identity.name(), error = %e, "ssh second factor refused");
+                self.awaiting_totp = None;
+                Ok(Auth::reject())
+            }
+        }
     }
 
     async fn channel_open_session(
