@@ -79,6 +79,10 @@ pub struct SshConfig {
     /// Interactive sessions are warned this long before their grant ends.
     #[serde(with = "serde_duration")]
     pub grant_end_warning: Duration,
+    /// How long an interactive connection without a grant waits for approvers
+    /// after filing a request from the prompt.
+    #[serde(with = "serde_duration")]
+    pub request_wait: Duration,
 }
 
 impl SshConfig {
@@ -201,6 +205,7 @@ impl Default for SshConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             max_session: Duration::from_secs(12 * 3600),
             grant_end_warning: Duration::from_secs(5 * 60),
+            request_wait: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -499,3 +499,130 @@ fn logins_and_every_transition_reach_the_audit_log_and_sessions_filter() {
     assert_eq!(count(&["--until", "1h"]), 0);
     assert_eq!(count(&["--live"]), 0);
 }
+
+/// Stock `ssh -tt` with a shell and a pipe for what the engineer types; its
+/// output arrives on a channel, line by line as the terminal shows it.
+fn interactive(
+    user: &User,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    mpsc::Receiver<String>,
+) {
+    let mut child = user
+        .ssh("root@web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    (child, stdin, rx)
+}
+
+/// Collects output until it contains `text`.
+fn wait_for_output(rx: &mpsc::Receiver<String>, seen: &mut String, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.contains(text) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no {text:?} in {seen:?}"));
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.push_str(&chunk),
+            Err(_) => panic!("no {text:?} in {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_interactive_connection_without_a_grant_asks_waits_and_continues_once_approved() {
+    let w = World::new();
+    w.bob.login();
+    w.dave.login();
+    let (mut child, mut stdin, rx) = interactive(&w.alice);
+    let mut seen = String::new();
+    wait_for_output(&rx, &mut seen, "Reason (empty to cancel): ");
+    stdin.write_all(b"INC-77 disk full\r").expect("type reason");
+    wait_for_output(&rx, &mut seen, "Duration [1h]: ");
+    stdin.write_all(b"20m\r").expect("type duration");
+    wait_for_output(&rx, &mut seen, "waiting up to 5m for approval (2 needed)");
+    let id = wait_for_pending(&w);
+    assert!(w.bob.cli(&["approve", &id.to_string()]).status.success());
+    assert!(w.dave.cli(&["approve", &id.to_string()]).status.success());
+    wait_for_output(&rx, &mut seen, "approved by bob, dave; connecting");
+    stdin
+        .write_all(b"echo asked-$((40+2)); exit 0\n")
+        .expect("type command");
+    wait_for_output(&rx, &mut seen, "asked-42");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?} {seen}");
+    let row: serde_json::Value =
+        serde_json::from_slice(&w.bob.cli(&["requests", "--all", "--json"]).stdout).expect("json");
+    assert_eq!(row[0]["reason"], "INC-77 disk full");
+    assert_eq!(row[0]["duration_secs"], 1200);
+}
+
+#[test]
+fn an_interactive_request_that_is_denied_or_abandoned_refuses_the_connection() {
+    let w = World::new();
+    w.bob.login();
+    let (mut child, mut stdin, rx) = interactive(&w.alice);
+    let mut seen = String::new();
+    wait_for_output(&rx, &mut seen, "Reason (empty to cancel): ");
+    stdin.write_all(b"curious\r\r").expect("type");
+    wait_for_output(&rx, &mut seen, "approvers have been notified");
+    let id = wait_for_pending(&w);
+    assert!(
+        w.bob
+            .cli(&["deny", &id.to_string(), "--comment", "not without a ticket"])
+            .status
+            .success()
+    );
+    let o = child.wait_with_output().expect("wait");
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "request {id} was denied by bob (not without a ticket)"
+        )),
+        "{err}"
+    );
+
+    // Ctrl-C while waiting withdraws the request.
+    let (child, mut stdin, rx) = interactive(&w.alice);
+    let mut seen = String::new();
+    wait_for_output(&rx, &mut seen, "Reason (empty to cancel): ");
+    stdin.write_all(b"again\r\r").expect("type");
+    wait_for_output(&rx, &mut seen, "approvers have been notified");
+    let id = wait_for_pending(&w);
+    stdin.write_all(b"\x03").expect("ctrl-c");
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        stderr(&o).contains(&format!("request {id} cancelled")),
+        "{}",
+        stderr(&o)
+    );
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&w.bob.cli(&["requests", "--all", "--json"]).stdout).expect("json");
+    assert!(
+        all.iter()
+            .any(|r| r["id"] == id && r["state"] == "cancelled"),
+        "{all:?}"
+    );
+}

@@ -240,6 +240,33 @@ impl Access {
         })
     }
 
+    /// Whether an interactive connection should ask for a request: connecting is
+    /// refused now for lack of a grant, and the policy lets the user request one.
+    pub async fn may_ask_at_connect(
+        &self,
+        identity: &Identity,
+        target: &str,
+        login: &str,
+        now: UnixTime,
+    ) -> bool {
+        let Ok(target) = self.target(target).await else {
+            return false;
+        };
+        let Ok(requests) = self
+            .store
+            .requests_for(identity.user().id, &target.name, login)
+            .await
+        else {
+            return false;
+        };
+        if requests.iter().any(|r| grant::is_active(r, now)) {
+            return false;
+        }
+        let connect = self.decide(identity, Action::Connect, &target, login, false, None);
+        let request = self.decide(identity, Action::Request, &target, login, false, None);
+        !connect.allowed && request.allowed
+    }
+
     /// Whether policy asks for a second factor before `identity` connects to
     /// `target` as `login` now (`@mfa("required")` on the permitting policy).
     /// False when the connection would be refused anyway: the refusal explains.

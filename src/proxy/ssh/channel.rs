@@ -76,6 +76,13 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
     setup.notices.extend(cx.slot.take_notices());
     let pty = setup.pty.is_some();
     let (login, target) = (cx.requested.0.as_str(), cx.requested.1.as_str());
+    if pty && matches!(setup.start, Start::Shell) {
+        let wait = cx.front.settings.request_wait;
+        if let Err(message) = super::ask::ask_if_needed(&mut down, &cx, (login, target), wait).await
+        {
+            return refuse(&down, &message, pty).await;
+        }
+    }
     let open = match cx
         .slot
         .get_or_open(&cx.front, &cx.identity, (login, target), &cx.downstream)

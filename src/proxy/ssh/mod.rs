@@ -9,6 +9,7 @@
 //! - `relay`: bytes both ways for either kind, recorded through a tap.
 //! - `sftp`: the SFTP packet decoder that records file operations.
 
+mod ask;
 mod channel;
 mod downstream;
 mod forward;
