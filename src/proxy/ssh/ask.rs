@@ -55,10 +55,8 @@ async fn read_line(
                     say(down, "^C\n").await;
                     return None;
                 }
-                0x7f | 0x08 => {
-                    if line.pop().is_some() {
-                        let _ = down.data_bytes(&b"\x08 \x08"[..]).await;
-                    }
+                0x7f | 0x08 if line.pop().is_some() => {
+                    let _ = down.data_bytes(&b"\x08 \x08"[..]).await;
                 }
                 b if b >= 0x20 && line.len() < MAX_LINE => {
                     line.push(b);
