@@ -582,7 +582,7 @@ fn an_interactive_connection_without_a_grant_asks_waits_and_continues_once_appro
 fn an_interactive_request_that_is_denied_or_abandoned_refuses_the_connection() {
     let w = World::new();
     w.bob.login();
-    let (mut child, mut stdin, rx) = interactive(&w.alice);
+    let (child, mut stdin, rx) = interactive(&w.alice);
     let mut seen = String::new();
     wait_for_output(&rx, &mut seen, "Reason (empty to cancel): ");
     stdin.write_all(b"curious\r\r").expect("type");
