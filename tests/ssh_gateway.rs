@@ -166,20 +166,20 @@ fn approved_grant_opens_exec_and_pty_shell_with_a_recorded_certificate_login() {
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).contains("2 recordings verified, 0 failed"));
 
-    // Replay shows what the engineer saw (in either session: both may start in the same
-    // second, so the list order between them is not fixed).
-    let replays: Vec<String> = (list.iter())
+    // Replay shows what the engineer saw. Both sessions may start in the same
+    // second, so the list's order does not say which is which.
+    let replays: Vec<String> = list
+        .iter()
         .map(|s| {
-            stdout(
-                &w.gateway
-                    .admin(&["replay", s["id"].as_str().expect("id"), "--speed", "0"]),
-            )
+            let id = s["id"].as_str().expect("id");
+            stdout(&w.gateway.admin(&["replay", id, "--speed", "0"]))
         })
         .collect();
     assert!(
         replays.iter().any(|r| r.contains("marker-42")),
         "{replays:?}"
     );
+    assert!(replays.iter().any(|r| r.contains("pty-42")), "{replays:?}");
 }
 
 /// Waits until `n` sessions are recorded as ended (sealing happens just after

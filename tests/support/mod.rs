@@ -201,6 +201,20 @@ impl Gateway {
         self.dir.path().join(rel)
     }
 
+    /// CPU seconds (user + system) the gateway process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields overall, in clock ticks (100 per second).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
     }

@@ -32,6 +32,13 @@ use crate::identity::FailureLimiter;
 use crate::session::Pipeline;
 use crate::store::Store;
 
+/// Flow-control sizes for both sides of the relay (`benches/ssh_ratio.rs`):
+/// a larger window keeps a loopback or LAN path busy while the other side
+/// catches up; 65535 is russh's largest packet, which halves the per-packet
+/// work (record, encrypt, queue hop) against its 32 KiB default.
+pub(super) const WINDOW_SIZE: u32 = 8 << 20;
+pub(super) const MAX_PACKET: u32 = 65535;
+
 /// Everything a connection needs, shared by all of them.
 pub struct SshFront {
     pub pipeline: Arc<Pipeline>,
@@ -62,6 +69,8 @@ impl SshFront {
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
             nodelay: true,
+            window_size: WINDOW_SIZE,
+            maximum_packet_size: MAX_PACKET,
             ..Default::default()
         };
         SshFront {
