@@ -561,7 +561,11 @@ fn an_interactive_connection_without_a_grant_asks_waits_and_continues_once_appro
     stdin.write_all(b"INC-77 disk full\r").expect("type reason");
     wait_for_output(&rx, &mut seen, "Duration [1h]: ");
     stdin.write_all(b"20m\r").expect("type duration");
-    wait_for_output(&rx, &mut seen, "waiting up to 5m for approval (2 needed)");
+    wait_for_output(
+        &rx,
+        &mut seen,
+        "waiting up to 5m for approval (2 needed); approvers have been notified (bob, dave)",
+    );
     let id = wait_for_pending(&w);
     assert!(w.bob.cli(&["approve", &id.to_string()]).status.success());
     assert!(w.dave.cli(&["approve", &id.to_string()]).status.success());

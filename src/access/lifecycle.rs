@@ -377,6 +377,40 @@ impl Access {
         }
     }
 
+    /// The enabled users other than the requester whom policy lets approve
+    /// `request`: who is asked to decide.
+    pub async fn eligible_approvers(
+        &self,
+        request: &AccessRequestRow,
+    ) -> Result<Vec<String>, AccessError> {
+        let target = self.target(&request.target).await?;
+        let mut names = Vec::new();
+        for user in self.store.list_users().await? {
+            if user.disabled || user.id == request.user_id {
+                continue;
+            }
+            let decision = self.policy.current().decide(&crate::policy::Query {
+                principal: crate::policy::Principal {
+                    name: &user.name,
+                    groups: &user.groups,
+                },
+                action: Action::Approve,
+                target: crate::policy::TargetRef {
+                    name: &target.name,
+                    labels: &target.labels,
+                },
+                login: &request.login,
+                grant_active: false,
+                requester: Some(&request.user),
+                forward_to: None,
+            });
+            if decision.allowed {
+                names.push(user.name);
+            }
+        }
+        Ok(names)
+    }
+
     /// Expires pending requests past their TTL and grants past their end.
     pub async fn expire(&self, now: UnixTime) -> Result<usize, AccessError> {
         let expired = self.store.expire_requests(now).await?;

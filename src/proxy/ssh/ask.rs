@@ -110,10 +110,15 @@ pub(super) async fn ask_if_needed(
         }
         None => file(down, cx, (login, target)).await?,
     };
+    let approvers = access
+        .eligible_approvers(&request)
+        .await
+        .map(|names| names.join(", "))
+        .unwrap_or_default();
     say(
         down,
         &format!(
-            "drawbridge: waiting up to {} for approval ({} needed); approvers have been notified. Ctrl-C gives up.\n",
+            "drawbridge: waiting up to {} for approval ({} needed); approvers have been notified ({approvers}). Ctrl-C gives up.\n",
             humantime::format_duration(wait),
             request.approvals_required
         ),
