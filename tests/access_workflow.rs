@@ -404,6 +404,19 @@ fn wait_for_grantable(w: &World) -> i64 {
 #[test]
 fn policy_explain_names_the_deciding_policies_and_the_way_in() {
     let w = World::new();
+    let users: Vec<serde_json::Value> =
+        serde_json::from_str(&w.gateway.admin_ok(&["user", "list", "--json"])).expect("users json");
+    assert_eq!(users.len(), 4);
+    assert!(
+        !w.gateway
+            .admin_ok(&["user", "list", "--json"])
+            .contains("argon2"),
+        "no password hashes"
+    );
+    let targets: Vec<serde_json::Value> =
+        serde_json::from_str(&w.gateway.admin_ok(&["target", "list", "--json"]))
+            .expect("targets json");
+    assert_eq!(targets[0]["labels"]["env"], "prod");
     let o = w.gateway.admin(&[
         "policy", "explain", "--user", "alice", "--target", "web-1", "--login", "root",
     ]);
@@ -468,7 +481,9 @@ fn logins_and_every_transition_reach_the_audit_log_and_sessions_filter() {
     loop {
         let o = w.gateway.admin(&["audit", "--json"]);
         let text = stdout(&o);
-        if wanted.iter().all(|k| text.contains(&format!("\"{k}\""))) {
+        if wanted.iter().all(|k| text.contains(&format!("\"{k}\"")))
+            && text.contains("policies: connect-with-active-grant")
+        {
             assert!(
                 !text.contains("pw-alice") && !text.contains("dbt_"),
                 "no secret in the audit log"

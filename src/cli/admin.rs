@@ -20,7 +20,10 @@ pub enum UserCommand {
     /// Create a user; prints their TOTP secret once.
     Add(UserAddArgs),
     /// List users.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Disable a user: their tokens die and their live sessions end at once.
     Disable { name: String },
     /// Enable a disabled user again.
@@ -50,7 +53,10 @@ pub enum TargetCommand {
     /// Register an SSH target (pinned host key) or a PostgreSQL target (admin role).
     Add(TargetAddArgs),
     /// List targets.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -153,7 +159,13 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<ExitC
     let store = crate::gateway::open_store(config)?;
     match command {
         UserCommand::Add(args) => add_user(store.as_ref(), args).await?,
-        UserCommand::List => {
+        UserCommand::List { json: true } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&store.list_users().await?)?
+            );
+        }
+        UserCommand::List { json: false } => {
             for u in store.list_users().await? {
                 let state = if u.disabled { " (disabled)" } else { "" };
                 let admin = if u.admin { " admin" } else { "" };
@@ -280,7 +292,13 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
             );
             add_target(store.as_ref(), args).await?
         }
-        TargetCommand::List => {
+        TargetCommand::List { json: true } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&store.list_targets().await?)?
+            );
+        }
+        TargetCommand::List { json: false } => {
             for t in store.list_targets().await? {
                 let labels: Vec<String> =
                     t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

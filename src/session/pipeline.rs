@@ -137,7 +137,18 @@ impl Pipeline {
         upstream: &U,
     ) -> Result<Established<U::Connection>, SessionError> {
         let now = time::now();
-        let auth = self.access.authorize(identity, target, login, now).await?;
+        let user = identity.name().to_string();
+        let auth = match self.access.authorize(identity, target, login, now).await {
+            Ok(auth) => auth,
+            Err(e) => {
+                // Every connect decision is in the audit log, refusals included.
+                let details = format!("{login}@{target} via {}: {e}", U::PROTOCOL);
+                if let Err(e) = self.audit.event("session.refused", &user, "", &details) {
+                    tracing::error!(error = %e, "cannot write the audit record");
+                }
+                return Err(e.into());
+            }
+        };
         if auth.target().protocol != U::PROTOCOL {
             return Err(SessionError::Access(
                 crate::access::AccessError::UnknownTarget(format!(
@@ -181,7 +192,7 @@ impl Pipeline {
             grant_id: auth.grant().map(|g| g.id()),
             started_at_unix_ms: time::now_ms(),
         };
-        let writer = self.start_recording(&meta).await?;
+        let writer = self.start_recording(&meta, auth.policy_ids()).await?;
         if let Some(grant) = auth.grant().filter(|g| g.break_glass()) {
             writer
                 .sink()
@@ -226,7 +237,11 @@ impl Pipeline {
     /// Creates the recording and its writer thread, then makes the session's start durable
     /// in the audit log. Without the audit entry the session is refused (fail closed) and
     /// its recording sealed at once, so every recording is named in the audit log.
-    async fn start_recording(&self, meta: &SessionMeta) -> Result<Writer, SessionError> {
+    async fn start_recording(
+        &self,
+        meta: &SessionMeta,
+        policies: &[String],
+    ) -> Result<Writer, SessionError> {
         let recorder = Recorder::create(
             &self.recordings_dir,
             meta,
@@ -241,13 +256,14 @@ impl Pipeline {
         });
         let writer = Writer::spawn(recorder, self.recording.queue_bytes, on_failure)?;
         let details = format!(
-            "{}@{} via {}{}",
+            "{}@{} via {}{}; policies: {}",
             meta.login,
             meta.target,
             meta.protocol,
             meta.grant_id
                 .map(|g| format!(", grant {g}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            policies.join(", ")
         );
         let logged = match self
             .audit
