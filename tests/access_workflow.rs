@@ -231,7 +231,7 @@ fn releasing_a_grant_ends_its_session_and_the_grant() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ssh");
-    wait_for_live(&w);
+    w.wait_for_live(1);
     let at = Instant::now();
     let o = w.alice.cli(&["release", &id.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -249,19 +249,6 @@ fn releasing_a_grant_ends_its_session_and_the_grant() {
     let grants = w.alice.cli(&["grants", "--json"]);
     let list: Vec<serde_json::Value> = serde_json::from_slice(&grants.stdout).expect("json");
     assert!(list.is_empty(), "{list:?}");
-}
-
-fn wait_for_live(w: &World) {
-    let start = Instant::now();
-    loop {
-        let o = w.bob.cli(&["sessions", "--live", "--json"]);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if !list.is_empty() {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no live session");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -245,7 +245,7 @@ fn revoking_a_grant_closes_the_live_session_within_a_second() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ssh");
-    wait_for_live(&w, 1);
+    w.wait_for_live(1);
     let revoked_at = Instant::now();
     let o = w
         .bob
@@ -298,7 +298,7 @@ fn disabling_a_user_ends_their_live_session_and_refuses_their_key() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ssh");
-    wait_for_live(&w, 1);
+    w.wait_for_live(1);
     let at = Instant::now();
     w.gateway.admin_ok(&["user", "disable", "alice"]);
     let o = child.wait_with_output().expect("wait");
@@ -319,23 +319,6 @@ fn disabling_a_user_ends_their_live_session_and_refuses_their_key() {
         "{}",
         stderr(&again)
     );
-}
-
-fn wait_for_live(w: &World, n: usize) {
-    let start = Instant::now();
-    loop {
-        let o = w.bob.cli(&["sessions", "--live", "--json"]);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if list.len() >= n {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no live session: {}",
-            w.gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

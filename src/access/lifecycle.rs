@@ -298,18 +298,14 @@ impl Access {
         id: RequestId,
         now: UnixTime,
     ) -> Result<AccessRequestRow, AccessError> {
-        let request = self.existing(id).await?;
-        if by.user().id != request.user_id {
-            return Err(AccessError::NotAllowed {
-                user: by.name().to_string(),
-                action: "cancel",
-                id,
-                policies: "only the requester may cancel".into(),
-            });
-        }
-        let row = self.end(id, Ending::Cancel, by, None, now).await?;
-        self.emit(EventKind::Cancelled, by.name(), &row, vec![], now);
-        Ok(row)
+        let refusal = "only the requester may cancel";
+        self.end_own(
+            by,
+            id,
+            (Ending::Cancel, "cancel", EventKind::Cancelled, refusal),
+            now,
+        )
+        .await
     }
 
     /// Ends one's own grant early ("I'm done").
@@ -319,17 +315,35 @@ impl Access {
         id: RequestId,
         now: UnixTime,
     ) -> Result<AccessRequestRow, AccessError> {
+        let refusal = "only the grant's owner may release it; approvers revoke";
+        self.end_own(
+            by,
+            id,
+            (Ending::Release, "release", EventKind::Released, refusal),
+            now,
+        )
+        .await
+    }
+
+    /// Cancel and release: only the request's owner may.
+    async fn end_own(
+        &self,
+        by: &Identity,
+        id: RequestId,
+        (ending, action, kind, refusal): (Ending, &'static str, EventKind, &str),
+        now: UnixTime,
+    ) -> Result<AccessRequestRow, AccessError> {
         let request = self.existing(id).await?;
         if by.user().id != request.user_id {
             return Err(AccessError::NotAllowed {
                 user: by.name().to_string(),
-                action: "release",
+                action,
                 id,
-                policies: "only the grant's owner may release it; approvers revoke".into(),
+                policies: refusal.into(),
             });
         }
-        let row = self.end(id, Ending::Release, by, None, now).await?;
-        self.emit(EventKind::Released, by.name(), &row, vec![], now);
+        let row = self.end(id, ending, by, None, now).await?;
+        self.emit(kind, by.name(), &row, vec![], now);
         Ok(row)
     }
 
