@@ -163,6 +163,25 @@ fn psql_queries_and_copies_through_an_ephemeral_role_that_lives_only_during_the_
         "role, membership, upstream TLS"
     );
 
+    // The wrapper: stock psql with the saved token, the gateway's certificate verified.
+    let port = w.gateway.pg_port.to_string();
+    let o = w.alice.cli(&[
+        "psql",
+        "pg-1",
+        "--role",
+        "app_rw",
+        "--port",
+        &port,
+        "--",
+        "-X",
+        "-At",
+        "-c",
+        "SELECT count(*) FROM items",
+    ]);
+    assert!(o.status.success(), "drawbridge psql: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "2");
+    assert!(!stdout(&o).contains(&token) && !stderr(&o).contains(&token));
+
     // \copy both ways: the COPY sub-protocol passes the relay untouched.
     let csv = w.gateway.path("items.csv");
     std::fs::write(&csv, "3,three\n4,four\n").expect("csv");

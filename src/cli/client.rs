@@ -73,6 +73,14 @@ impl SavedLogin {
         Ok(path)
     }
 
+    /// The pinned gateway certificate as a file (for clients such as psql that
+    /// take a path), next to the saved login.
+    pub fn write_ca_file(&self) -> anyhow::Result<PathBuf> {
+        let path = config_dir()?.join("gateway-ca.pem");
+        fs::write(&path, &self.ca_pem).with_context(|| path.display().to_string())?;
+        Ok(path)
+    }
+
     pub fn load() -> anyhow::Result<SavedLogin> {
         let path = login_file()?;
         let text = fs::read_to_string(&path)

@@ -8,6 +8,7 @@ mod audit_log;
 mod client;
 mod keys;
 mod policy;
+mod psql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,8 @@ enum Command {
     /// Check and explain policies (on the gateway host).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the stock psql through the gateway with your token.
+    Psql(psql::PsqlArgs),
     /// List sessions.
     Sessions(access::SessionsArgs),
     /// End a live session now (admins and approvers).
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::BreakGlass(a) => access::break_glass(a).await,
             Command::Policy(c) => policy::run(&config()?, c).await,
             Command::Sessions(a) => access::sessions(a).await,
+            Command::Psql(a) => psql::psql(a),
             Command::Kill(a) => access::kill(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Export(a) => audit::export(&config()?, a),
