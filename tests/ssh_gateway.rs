@@ -180,6 +180,20 @@ fn approved_grant_opens_exec_and_pty_shell_with_a_recorded_certificate_login() {
         "{replays:?}"
     );
     assert!(replays.iter().any(|r| r.contains("pty-42")), "{replays:?}");
+
+    // Search finds what the screen showed (after the shell's expansion, so the
+    // typed `$((6*7))` is not what matches) and the command line that ran.
+    let found = w.gateway.admin(&["search", "pty-42"]);
+    assert!(found.status.success(), "{}", stderr(&found));
+    assert!(stdout(&found).contains("\tscreen\t"), "{}", stdout(&found));
+    let found = w.gateway.admin(&["search", "uname -s", "--json"]);
+    assert!(
+        stdout(&found).contains("\"kind\":\"command\""),
+        "{}",
+        stdout(&found)
+    );
+    let none = w.gateway.admin(&["search", "never-printed-anywhere"]);
+    assert_eq!(none.status.code(), Some(1));
 }
 
 /// Waits until `n` sessions are recorded as ended (sealing happens just after

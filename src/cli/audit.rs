@@ -44,6 +44,69 @@ enum ExportFormat {
 }
 
 #[derive(Args)]
+pub struct SearchArgs {
+    /// Text to look for (case-insensitive) on terminal screens, in commands and
+    /// in recorded events (SQL, HTTP, SFTP).
+    text: String,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `search`: which sessions showed or ran TEXT, and when.
+pub fn search(config: &Config, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&config.recordings_dir)
+        .with_context(|| config.recordings_dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dbr"))
+        .collect();
+    paths.sort();
+    let mut found = 0;
+    for path in paths {
+        let Ok(rec) = recording::read_file(&path) else {
+            continue;
+        };
+        let Some(meta) = rec.meta() else { continue };
+        if args.user.as_ref().is_some_and(|u| u != &meta.user)
+            || args.target.as_ref().is_some_and(|t| t != &meta.target)
+        {
+            continue;
+        }
+        for hit in recording::search::search(&rec, &args.text) {
+            found += 1;
+            if args.json {
+                let line = serde_json::json!({
+                    "session": meta.session_id, "user": meta.user, "target": meta.target,
+                    "offset_us": hit.offset_us, "kind": hit.kind, "line": hit.line,
+                });
+                println!("{line}");
+            } else {
+                let ms = hit.offset_us / 1000;
+                println!(
+                    "{}\t{}@{}\t+{}:{:02}.{:03}\t{}\t{}",
+                    meta.session_id,
+                    meta.login,
+                    meta.target,
+                    ms / 60_000,
+                    ms / 1000 % 60,
+                    ms % 1000,
+                    hit.kind,
+                    hit.line
+                );
+            }
+        }
+    }
+    Ok(if found > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Args)]
 pub struct VerifyArgs {
     /// Recording files to verify (each also compared with its seal in the audit log);
     /// default: everything (`--all`).

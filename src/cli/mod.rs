@@ -66,6 +66,8 @@ enum Command {
     /// Check and explain policies (on the gateway host).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Find sessions whose screens, commands or events contain TEXT.
+    Search(audit::SearchArgs),
     /// Run the stock psql through the gateway with your token.
     Psql(psql::PsqlArgs),
     /// List sessions.
@@ -137,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy(c) => policy::run(&config()?, c).await,
             Command::Sessions(a) => access::sessions(a).await,
             Command::Psql(a) => psql::psql(a),
+            Command::Search(a) => audit::search(&config()?, a),
             Command::Kill(a) => access::kill(a).await,
             Command::Replay(a) => audit::replay(&config()?, a),
             Command::Export(a) => audit::export(&config()?, a),

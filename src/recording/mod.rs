@@ -42,6 +42,7 @@ pub mod queue;
 pub mod reader;
 pub mod recovery;
 pub mod replay;
+pub mod search;
 pub mod verify;
 pub mod writer;
 
