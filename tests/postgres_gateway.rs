@@ -266,6 +266,14 @@ fn every_refusal_has_a_sqlstate_and_says_what_to_do() {
     );
     assert!(stderr(&o).contains("drawbridge login"), "{}", stderr(&o));
 
+    // No grant and no role named: the hint is the command that asks for one.
+    let o = w.psql_run("pg-1", &token, "SELECT 1");
+    assert!(
+        stderr(&o).contains("no active grant, and no role named"),
+        "{}",
+        stderr(&o)
+    );
+
     // No grant: the hint is the command that asks for one.
     let o = w.psql_run("app_rw@pg-1", &token, "SELECT 1");
     let err = stderr(&o);
@@ -285,9 +293,17 @@ fn every_refusal_has_a_sqlstate_and_says_what_to_do() {
     let o = w.psql_run("app_ro@pg-1", &token, "SELECT 1");
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // Not ROLE@TARGET.
-    let o = w.psql_run("pg-1", &token, "SELECT 1");
-    assert!(stderr(&o).contains("must be ROLE@TARGET"), "{}", stderr(&o));
+    // TARGET alone means the role of the active grant.
+    let o = w.psql_run("pg-1", &token, "SELECT pg_has_role('app_ro', 'member')");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "t");
+    // Neither ROLE@TARGET nor TARGET.
+    let o = w.psql_run("@pg-1", &token, "SELECT 1");
+    assert!(
+        stderr(&o).contains("must be ROLE@TARGET or TARGET"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         w.pg.drawbridge_roles().is_empty()
             || wait_until(Duration::from_secs(5), || w

@@ -295,6 +295,27 @@ impl Access {
         decision.allowed && decision.requirements.mfa
     }
 
+    /// The login of `identity`'s active grant on `target`, for clients that name
+    /// only the target (an HTTP app, `psql user=TARGET`).
+    pub async fn granted_login(
+        &self,
+        identity: &Identity,
+        target: &str,
+        now: UnixTime,
+    ) -> Option<String> {
+        let approved = self
+            .store
+            .list_requests(Some(crate::store::RequestState::Approved))
+            .await
+            .ok()?;
+        approved
+            .into_iter()
+            .find(|r| {
+                r.user_id == identity.user().id && r.target == target && grant::is_active(r, now)
+            })
+            .map(|r| r.login)
+    }
+
     /// Whether a grant a live session relies on is still usable.
     pub async fn grant_active(&self, id: RequestId, now: UnixTime) -> Result<bool, StoreError> {
         Ok(self

@@ -50,7 +50,7 @@ impl HttpFront {
         handoff: Arc<Handoff>,
     ) -> Self {
         HttpFront {
-            sessions: sessions::Sessions::new(pipeline, store.clone()),
+            sessions: sessions::Sessions::new(pipeline),
             store,
             handoff,
             upstream,

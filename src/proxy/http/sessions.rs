@@ -14,7 +14,7 @@ use super::upstream::{HttpConnection, HttpUpstream};
 use crate::access::AccessError;
 use crate::identity::Identity;
 use crate::session::{Pipeline, SessionError, SessionHandle, Side};
-use crate::store::{RequestState, Store, UserId};
+use crate::store::UserId;
 use crate::time;
 
 /// The login a grant for an HTTP target names when the engineer did not choose
@@ -33,15 +33,13 @@ pub struct HttpSession {
 
 pub struct Sessions {
     pipeline: Arc<Pipeline>,
-    store: Arc<dyn Store>,
     live: LiveMap,
 }
 
 impl Sessions {
-    pub fn new(pipeline: Arc<Pipeline>, store: Arc<dyn Store>) -> Self {
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
         Sessions {
             pipeline,
-            store,
             live: Arc::default(),
         }
     }
@@ -49,25 +47,6 @@ impl Sessions {
     fn cached(&self, key: &(UserId, String)) -> Option<Arc<HttpSession>> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.get(key).filter(|s| !s.handle.is_ended()).cloned()
-    }
-
-    /// The login of the user's active grant on `target`, if any.
-    async fn granted_login(&self, identity: &Identity, target: &str) -> Option<String> {
-        let now = time::now();
-        let approved = self
-            .store
-            .list_requests(Some(RequestState::Approved))
-            .await
-            .ok()?;
-        approved
-            .into_iter()
-            .find(|r| {
-                r.user_id == identity.user().id
-                    && r.target == target
-                    && r.grant_start.is_some_and(|s| s <= now)
-                    && r.grant_end.is_some_and(|e| now < e)
-            })
-            .map(|r| r.login)
     }
 
     pub async fn get_or_open(
@@ -81,7 +60,9 @@ impl Sessions {
             return Ok(session);
         }
         let login = self
-            .granted_login(identity, target)
+            .pipeline
+            .access()
+            .granted_login(identity, target, time::now())
             .await
             .unwrap_or_else(|| DEFAULT_LOGIN.to_string());
         let established = self

@@ -92,14 +92,19 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
         wire::negotiate_version(&mut out, &unknown);
     }
     let user = user.unwrap_or_default();
-    let Some((role, target)) = split_user(&user) else {
-        return refuse(
-            &mut stream,
-            "28000",
-            &format!("user {user:?} must be ROLE@TARGET"),
-            "e.g. psql \"host=GATEWAY port=6432 user=app_rw@orders-db dbname=orders sslmode=require\"",
-        )
-        .await;
+    // `ROLE@TARGET`, or `TARGET` alone for the role of the user's active grant.
+    let (role, target) = match split_user(&user) {
+        Some((role, target)) => (Some(role.to_string()), target.to_string()),
+        None if !user.is_empty() && !user.contains('@') => (None, user.clone()),
+        None => {
+            return refuse(
+                &mut stream,
+                "28000",
+                &format!("user {user:?} must be ROLE@TARGET or TARGET"),
+                "e.g. psql \"host=GATEWAY port=6432 user=app_rw@orders-db dbname=orders sslmode=require\"",
+            )
+            .await;
+        }
     };
     // libpq sends the user name as database when none is given: that means "the
     // target's default", not a database called `role@target`.
@@ -131,6 +136,27 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
             .await;
         }
     };
+    let role = match role {
+        Some(role) => role,
+        None => match front
+            .pipeline
+            .access()
+            .granted_login(&identity, &target, crate::time::now())
+            .await
+        {
+            Some(role) => role,
+            None => {
+                return refuse(
+                    &mut stream,
+                    "42501",
+                    &format!("access to {target} denied: no active grant, and no role named (ROLE@{target})"),
+                    &format!("request access with: {}", crate::access::request_hint(&target, "ROLE")),
+                )
+                .await;
+            }
+        },
+    };
+    let (role, target) = (role.as_str(), target.as_str());
     let wanted = PostgresUpstream {
         database,
         params: passed,
