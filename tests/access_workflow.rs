@@ -223,15 +223,7 @@ fn wait_for_pending(w: &World) -> i64 {
 fn releasing_a_grant_ends_its_session_and_the_grant() {
     let w = World::new();
     let id = w.grant_alice("web-1", "root", "30m");
-    let child = w
-        .alice
-        .ssh("root@web-1")
-        .arg("sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    w.wait_for_live(1);
+    let child = w.alice_live_session();
     let at = Instant::now();
     let o = w.alice.cli(&["release", &id.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));

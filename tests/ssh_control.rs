@@ -203,14 +203,7 @@ fn forwarding_into_production_is_refused_even_with_a_grant() {
 fn an_approver_kills_a_live_session_within_a_second_and_an_engineer_cannot() {
     let w = World::new();
     w.grant_alice("web-1", "root", "30m");
-    let child = w
-        .alice
-        .ssh("root@web-1")
-        .arg("echo started; sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
+    let child = w.alice_live_session();
     let live = w.wait_for_live(1);
     let id = live[0]["id"].as_str().expect("id").to_string();
 

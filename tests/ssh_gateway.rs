@@ -251,15 +251,7 @@ fn changing_any_byte_of_a_recording_fails_verify_naming_the_record() {
 fn revoking_a_grant_closes_the_live_session_within_a_second() {
     let w = World::new();
     let grant = w.grant_alice("web-1", "root", "30m");
-    let child = w
-        .alice
-        .ssh("root@web-1")
-        .arg("echo started; sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    w.wait_for_live(1);
+    let child = w.alice_live_session();
     let revoked_at = Instant::now();
     let o = w
         .bob
@@ -304,15 +296,7 @@ fn grant_expiry_closes_the_live_session_and_refuses_new_ones() {
 fn disabling_a_user_ends_their_live_session_and_refuses_their_key() {
     let w = World::new();
     w.grant_alice("web-1", "root", "30m");
-    let child = w
-        .alice
-        .ssh("root@web-1")
-        .arg("sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    w.wait_for_live(1);
+    let child = w.alice_live_session();
     let at = Instant::now();
     w.gateway.admin_ok(&["user", "disable", "alice"]);
     let o = child.wait_with_output().expect("wait");

@@ -586,6 +586,21 @@ impl World {
         World::with_gateway(Gateway::start())
     }
 
+    /// alice's long-running `ssh root@web-1 'sleep 60'`, once the gateway lists it
+    /// as live; its stdout and stderr are piped for the test to read.
+    pub fn alice_live_session(&self) -> Child {
+        let child = self
+            .alice
+            .ssh("root@web-1")
+            .arg("echo started; sleep 60")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        self.wait_for_live(1);
+        child
+    }
+
     /// A world whose gateway config has `ssh_extra` at the end of its `[ssh]` section.
     pub fn with_ssh_config(ssh_extra: &str) -> World {
         World::with_gateway(Gateway::start_with_ssh(ssh_extra))
