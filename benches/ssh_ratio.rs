@@ -6,7 +6,10 @@
 //!
 //! `cargo bench --bench ssh_ratio` (release). Sizes and counts are bounded and
 //! overridable: `BENCH_MIB` (default 512), `BENCH_SCP_MIB` (256),
-//! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10).
+//! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10),
+//! `BENCH_ECHO` (100 interactive sessions) × `BENCH_ECHO_EACH` (100 round trips),
+//! `BENCH_IDLE` (500 idle sessions). `BENCH_PARTS` picks parts (comma list of
+//! bulk, scp, setup, concurrent, echo, idle; default all).
 //! Everything runs on loopback; the gateway records every session as usual.
 //!
 //! The direct path logs in with a user certificate signed by the gateway's own
@@ -16,9 +19,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -172,26 +175,144 @@ fn concurrent(path: &Route, clients: usize, each: usize) -> f64 {
     (clients * each) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A session kept open: `ssh … cat` (echo) or `ssh … sleep` (idle).
+struct OpenSession {
+    child: Child,
+}
+
+impl OpenSession {
+    /// Starts `command` on the target and waits until it has printed `ready`,
+    /// so the session is fully set up (upstream included) when this returns.
+    fn start(path: &Route, command: &str) -> OpenSession {
+        let mut child = path
+            .ssh()
+            .arg(format!("echo ready; exec {command}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh");
+        let mut ready = [0u8; 6];
+        let stdout = child.stdout.as_mut().expect("stdout");
+        stdout.read_exact(&mut ready).expect("session ready");
+        assert_eq!(&ready, b"ready\n", "{}: unexpected greeting", path.name);
+        OpenSession { child }
+    }
+
+    /// One byte to `cat` on the target and back.
+    fn echo_round_trip(&mut self) -> Duration {
+        let start = Instant::now();
+        self.child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"x")
+            .expect("write");
+        let mut byte = [0u8; 1];
+        self.child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut byte)
+            .expect("echo");
+        start.elapsed()
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens `n` sessions running `command`, at most 8 being set up at a time
+/// (sshd's MaxStartups throttles more).
+fn open_sessions(path: &Route, n: usize, command: &str) -> Vec<OpenSession> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let sessions = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let session = OpenSession::start(path, command);
+                    sessions.lock().expect("sessions").push(session);
+                }
+            });
+        }
+    });
+    sessions.into_inner().expect("sessions")
+}
+
+/// Echo round-trip times (µs, sorted) of `n` concurrent interactive sessions
+/// typing one key every ~20 ms, `each` keys per session.
+fn echo_latency(path: &Route, n: usize, each: usize) -> Vec<f64> {
+    let sessions = open_sessions(path, n, "cat");
+    let samples = std::sync::Mutex::new(Vec::with_capacity(n * each));
+    std::thread::scope(|s| {
+        for (i, mut session) in sessions.into_iter().enumerate() {
+            let samples = &samples;
+            s.spawn(move || {
+                // Spread the sessions' keystrokes over the typing interval.
+                std::thread::sleep(Duration::from_micros((i as u64 * 197) % 20_000));
+                session.echo_round_trip();
+                let mut mine = Vec::with_capacity(each);
+                for _ in 0..each {
+                    std::thread::sleep(Duration::from_millis(20));
+                    mine.push(session.echo_round_trip().as_secs_f64() * 1e6);
+                }
+                samples.lock().expect("samples").extend(mine);
+            });
+        }
+    });
+    let mut samples = samples.into_inner().expect("samples");
+    samples.sort_by(f64::total_cmp);
+    samples
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Gateway RSS growth per idle session, KiB, with `n` sessions open at once.
+fn idle_memory(w: &World, path: &Route, n: usize) -> (u64, u64, f64) {
+    let before = w.gateway.rss_kib();
+    let sessions = open_sessions(path, n, "sleep 3600");
+    // Let per-session tasks settle (first checkpoints, upstream buffers).
+    std::thread::sleep(Duration::from_secs(2));
+    let after = w.gateway.rss_kib();
+    drop(sessions);
+    (
+        before,
+        after,
+        after.saturating_sub(before) as f64 / n as f64,
+    )
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let mib = env_num("BENCH_MIB", 512);
     let scp_mib = env_num("BENCH_SCP_MIB", 256);
     let seq = env_num("BENCH_SEQ", 30);
     let (conc, each) = (env_num("BENCH_CONC", 8), env_num("BENCH_CONC_EACH", 10));
+    let (echo, echo_each) = (env_num("BENCH_ECHO", 100), env_num("BENCH_ECHO_EACH", 100));
+    let idle = env_num("BENCH_IDLE", 500);
+    let parts = std::env::var("BENCH_PARTS")
+        .unwrap_or_else(|_| "bulk,scp,setup,concurrent,echo,idle".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
     let w = World::new();
     w.grant_alice("web-1", "root", "1h");
     let direct = direct_path(&w);
     let gateway = gateway_path(&w);
     let work = tempfile::tempdir().expect("tempdir");
-    let file = work.path().join("scp.bin");
-    std::fs::write(&file, vec![0x5a; scp_mib << 20]).expect("scp file");
 
     // Warm both paths (page cache, sshd's first fork) before measuring.
     for p in [&direct, &gateway] {
         sequential(p, 2);
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(1200);
     println!("ssh_ratio: gateway vs direct OpenSSH on this machine (recording on)");
     let row = |what: &str, unit: &str, d: f64, g: f64, higher_better: bool| {
         let ratio = if higher_better { g / d } else { d / g };
@@ -203,52 +324,83 @@ fn main() {
             "benchmark exceeded its time bound"
         );
     };
-    let cpu_before = w.gateway.cpu_seconds();
-    let (d, g) = (bulk(&direct, mib), bulk(&gateway, mib));
-    // CPU is steadier than wall time on a shared machine: the gateway's own cost.
-    let cpu = w.gateway.cpu_seconds() - cpu_before;
-    println!(
-        "gateway CPU for the bulk run: {cpu:.2} s ({:.2} s per GiB, recording included)",
-        cpu * 1024.0 / mib as f64
-    );
-    row(
-        &format!("bulk {mib} MiB cat > /dev/null"),
-        "MiB/s",
-        d,
-        g,
-        true,
-    );
-    let (d, g) = (
-        scp(&direct, &file, scp_mib, work.path()),
-        scp(&gateway, &file, scp_mib, work.path()),
-    );
-    row(&format!("scp {scp_mib} MiB upload"), "MiB/s", d, g, true);
-    let (d, g) = (sequential(&direct, seq), sequential(&gateway, seq));
-    row(
-        &format!("sequential setup ×{seq}"),
-        "ms/session",
-        d,
-        g,
-        false,
-    );
-    // OpenSSH 9.2 picks sntrup761x25519 with sshd but curve25519 with the
-    // gateway (russh has no sntrup), which costs the client and sshd ~100 ms of
-    // CPU each here; the same key exchange on both paths, like for like:
-    let mut same_kex = direct_path(&w);
-    same_kex
-        .options
-        .extend(["-o".into(), "KexAlgorithms=curve25519-sha256".into()]);
-    let d = sequential(&same_kex, seq);
-    row("  same, direct also curve25519", "ms/session", d, g, false);
-    let (d, g) = (
-        concurrent(&direct, conc, each),
-        concurrent(&gateway, conc, each),
-    );
-    row(
-        &format!("concurrent setup {conc}×{each}"),
-        "sessions/s",
-        d,
-        g,
-        true,
-    );
+    if part("bulk") {
+        let cpu_before = w.gateway.cpu_seconds();
+        let (d, g) = (bulk(&direct, mib), bulk(&gateway, mib));
+        // CPU is steadier than wall time on a shared machine: the gateway's own cost.
+        let cpu = w.gateway.cpu_seconds() - cpu_before;
+        println!(
+            "gateway CPU for the bulk run: {cpu:.2} s ({:.2} s per GiB, recording included)",
+            cpu * 1024.0 / mib as f64
+        );
+        row(
+            &format!("bulk {mib} MiB cat > /dev/null"),
+            "MiB/s",
+            d,
+            g,
+            true,
+        );
+    }
+    if part("scp") {
+        let file = work.path().join("scp.bin");
+        std::fs::write(&file, vec![0x5a; scp_mib << 20]).expect("scp file");
+        let (d, g) = (
+            scp(&direct, &file, scp_mib, work.path()),
+            scp(&gateway, &file, scp_mib, work.path()),
+        );
+        row(&format!("scp {scp_mib} MiB upload"), "MiB/s", d, g, true);
+    }
+    if part("setup") {
+        let (d, g) = (sequential(&direct, seq), sequential(&gateway, seq));
+        row(
+            &format!("sequential setup ×{seq}"),
+            "ms/session",
+            d,
+            g,
+            false,
+        );
+        // OpenSSH 9.2 picks sntrup761x25519 with sshd but curve25519 with the
+        // gateway (russh has no sntrup), which costs the client and sshd ~100 ms of
+        // CPU each here; the same key exchange on both paths, like for like:
+        let mut same_kex = direct_path(&w);
+        same_kex
+            .options
+            .extend(["-o".into(), "KexAlgorithms=curve25519-sha256".into()]);
+        let d = sequential(&same_kex, seq);
+        row("  same, direct also curve25519", "ms/session", d, g, false);
+    }
+    if part("concurrent") {
+        let (d, g) = (
+            concurrent(&direct, conc, each),
+            concurrent(&gateway, conc, each),
+        );
+        row(
+            &format!("concurrent setup {conc}×{each}"),
+            "sessions/s",
+            d,
+            g,
+            true,
+        );
+    }
+    if part("echo") {
+        let d = echo_latency(&direct, echo, echo_each);
+        let g = echo_latency(&gateway, echo, echo_each);
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            let (dp, gp) = (percentile(&d, p), percentile(&g, p));
+            println!(
+                "echo {name}, {echo} sessions            direct {dp:>9.0} µs         gateway {gp:>9.0} µs         added {:.0} µs",
+                gp - dp
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "benchmark exceeded its time bound"
+        );
+    }
+    if part("idle") {
+        let (before, after, per) = idle_memory(&w, &gateway, idle);
+        println!(
+            "idle sessions ×{idle}                 gateway RSS {before} KiB → {after} KiB: {per:.0} KiB per session"
+        );
+    }
 }

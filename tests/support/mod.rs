@@ -201,6 +201,16 @@ impl Gateway {
         self.dir.path().join(rel)
     }
 
+    /// Resident memory of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// CPU seconds (user + system) the gateway process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat =
