@@ -181,6 +181,22 @@ mod tests {
             check(&later, CertType::User, &trusted, NOW),
             Err(CertificateProblem::NotYetValid(_))
         ));
+        let mut forced = Builder::new(
+            vec![0u8; 16],
+            key().public_key().key_data().clone(),
+            VALID.0,
+            VALID.1,
+        )
+        .expect("builder");
+        forced
+            .valid_principal("alice")
+            .and_then(|b| b.critical_option("force-command", "/bin/true"))
+            .expect("options");
+        let forced = forced.sign(&ca).expect("sign");
+        assert_eq!(
+            check(&forced, CertType::User, &trusted, NOW),
+            Err(CertificateProblem::CriticalOption("force-command".into()))
+        );
         let anyone = cert(&ca, CertType::User, VALID, &[]);
         assert_eq!(
             require_principal(&anyone, "alice"),

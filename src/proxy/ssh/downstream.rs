@@ -269,7 +269,7 @@ impl Downstream {
             .await
         {
             // Like OpenSSH's `AuthenticationMethods publickey,keyboard-interactive`:
-            // the key counted, a TOTP code must follow.
+            // the key or certificate counted, a TOTP code must follow.
             self.awaiting_totp = Some(identity);
             return Auth::Reject {
                 proceed_with_methods: Some((&[russh::MethodKind::KeyboardInteractive][..]).into()),

@@ -352,4 +352,84 @@ mod tests {
         assert_eq!(host_name("[::1]:22"), "::1");
         assert_eq!(host_name("db.example.com:2222"), "db.example.com");
     }
+
+    fn key() -> russh::keys::ssh_key::PrivateKey {
+        crate::keys::new_ed25519().expect("key")
+    }
+
+    fn line(marker: &str, key: &russh::keys::ssh_key::PrivateKey) -> String {
+        let public = key.public_key().to_openssh().expect("openssh");
+        format!("{marker} {public}").trim().to_string()
+    }
+
+    const NOW: UnixTime = 1_800_000_000;
+
+    fn host_cert(
+        ca: &russh::keys::ssh_key::PrivateKey,
+        host: &russh::keys::ssh_key::PrivateKey,
+        principal: &str,
+    ) -> PublicKeyOrCertificate {
+        use russh::keys::ssh_key::certificate::Builder;
+        let (from, to) = (NOW as u64 - 60, NOW as u64 + 60);
+        let data = host.public_key().key_data().clone();
+        let mut b = Builder::new(vec![0u8; 16], data, from, to).expect("builder");
+        b.cert_type(CertType::Host).expect("type");
+        b.valid_principal(principal).expect("principal");
+        PublicKeyOrCertificate::Certificate(b.sign(ca).expect("sign"))
+    }
+
+    fn plain(key: &russh::keys::ssh_key::PrivateKey) -> PublicKeyOrCertificate {
+        PublicKeyOrCertificate::from(key.public_key().clone())
+    }
+
+    #[test]
+    fn pinned_keys_host_cas_and_revoked_keys_decide_as_sshd_would() {
+        let (ca, host, stranger) = (key(), key(), key());
+        let by_ca = HostVerification::parse(&line("@cert-authority *", &ca)).expect("parse");
+        assert_eq!(
+            by_ca.check(&host_cert(&ca, &host, "db-1"), "db-1", NOW),
+            Ok(())
+        );
+        assert!(matches!(
+            by_ca.check(&host_cert(&ca, &host, "db-2"), "db-1", NOW),
+            Err(HostKeyProblem::Certificate(
+                CertificateProblem::WrongPrincipal { .. }
+            ))
+        ));
+        assert!(matches!(
+            by_ca.check(&host_cert(&stranger, &host, "db-1"), "db-1", NOW),
+            Err(HostKeyProblem::Certificate(
+                CertificateProblem::UnknownAuthority { .. }
+            ))
+        ));
+        assert!(matches!(
+            by_ca.check(&plain(&host), "db-1", NOW),
+            Err(HostKeyProblem::NotCertified { .. })
+        ));
+
+        // Pinned too: a failing certificate still passes on its pinned key.
+        let both = format!("{}\n{}", line("@cert-authority *", &ca), line("", &host));
+        let both = HostVerification::parse(&both).expect("parse");
+        assert_eq!(
+            both.check(&host_cert(&stranger, &host, "x"), "db-1", NOW),
+            Ok(())
+        );
+        assert_eq!(both.check(&plain(&host), "db-1", NOW), Ok(()));
+        assert!(matches!(
+            both.check(&plain(&stranger), "db-1", NOW),
+            Err(HostKeyProblem::NotPinned { .. })
+        ));
+
+        // @revoked wins over everything, the CA included.
+        let revoked = format!(
+            "{}\n{}",
+            line("@cert-authority *", &ca),
+            line("@revoked *", &ca)
+        );
+        let revoked = HostVerification::parse(&revoked).expect("parse");
+        assert!(matches!(
+            revoked.check(&host_cert(&ca, &host, "db-1"), "db-1", NOW),
+            Err(HostKeyProblem::Revoked(_))
+        ));
+    }
 }
