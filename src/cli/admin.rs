@@ -279,7 +279,7 @@ fn ssh_host_keys(args: &TargetAddArgs) -> anyhow::Result<(String, String)> {
         .map_err(anyhow::Error::msg)?
         .describe();
     if skipped > 0 {
-        described.push_str(&format!("; {skipped} lines for other hosts skipped"));
+        described.push_str(&format!("; {skipped} line(s) for other hosts skipped"));
     }
     Ok((stored, described))
 }

@@ -154,7 +154,7 @@ impl HostVerification {
         let text = kept.join("\n");
         HostVerification::parse(&text).map_err(|e| match skipped {
             0 => e,
-            n => format!("{e} for {name} ({n} lines name other hosts)"),
+            n => format!("{e} for {name}; {n} line(s) name other hosts"),
         })?;
         Ok((text, skipped))
     }
@@ -327,7 +327,7 @@ mod tests {
         let (_, skipped) = HostVerification::select(&text, "[127.0.0.1]:2200").expect("select");
         assert_eq!(skipped, 1);
         let e = HostVerification::select(&format!("10.0.0.9 {KEY}"), "web-1").expect_err("none");
-        assert!(e.contains("1 lines name other hosts"), "{e}");
+        assert!(e.contains("1 line(s) name other hosts"), "{e}");
     }
 
     #[test]
