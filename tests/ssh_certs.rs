@@ -453,7 +453,7 @@ fn a_plain_host_key_is_refused_when_the_target_has_a_host_ca() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("lines name other hosts"),
+        stderr(&o).contains("line(s) name other hosts"),
         "{}",
         stderr(&o)
     );
