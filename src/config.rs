@@ -83,6 +83,10 @@ pub struct SshConfig {
     /// after filing a request from the prompt.
     #[serde(with = "serde_duration")]
     pub request_wait: Duration,
+    /// Validity of the user certificates `drawbridge login` has signed for
+    /// engineers' own keys (the gateway's SSH front trusts them, targets do not).
+    #[serde(with = "serde_duration")]
+    pub user_cert_validity: Duration,
 }
 
 impl SshConfig {
@@ -206,6 +210,7 @@ impl Default for SshConfig {
             max_session: Duration::from_secs(12 * 3600),
             grant_end_warning: Duration::from_secs(5 * 60),
             request_wait: Duration::from_secs(5 * 60),
+            user_cert_validity: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -284,6 +289,11 @@ impl Config {
         }
         if self.ssh.upstream_cert_ttl < Duration::from_secs(30) {
             problems.push("ssh.upstream_cert_ttl must be at least 30s".to_string());
+        }
+        if self.ssh.user_cert_validity < Duration::from_secs(60)
+            || self.ssh.user_cert_validity > Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("ssh.user_cert_validity must be between 1m and 7d".to_string());
         }
         if self.access.enforce_interval > Duration::from_secs(1) {
             problems.push("access.enforce_interval must be at most 1s".to_string());

@@ -13,7 +13,7 @@ use crate::access::{Access, AccessLimits, EventSink, Fanout, LogSink};
 use crate::api::{self, ApiState, HttpsFront, LocalCa};
 use crate::config::Config;
 use crate::credentials::{AssertionSigner, PgRoleMinter, SshCertificateAuthority};
-use crate::identity::{FailureLimiter, LimiterConfig};
+use crate::identity::{EngineerCa, FailureLimiter, LimiterConfig};
 use crate::keys::{self, KeyPaths};
 use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SharedPolicy};
@@ -120,10 +120,15 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         },
         registry.clone(),
     ));
+    let engineer_ca = Arc::new(EngineerCa::new(
+        keys.engineer_ca.clone(),
+        config.ssh.user_cert_validity,
+    ));
     let ssh = Arc::new(SshFront::new(
         pipeline.clone(),
         store.clone(),
         keys.ssh_host.clone(),
+        engineer_ca.public_key(),
         SshUpstream {
             connect_timeout: config.ssh.connect_timeout,
         },
@@ -157,6 +162,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         jwks: http_signer.jwks(),
         handoff: handoff.clone(),
         audit: audit.clone(),
+        engineer_ca,
     }));
 
     let ssh_listener = bind(config.ssh.listen).await?;

@@ -1,5 +1,6 @@
 //! The gateway's own key material, made on first start and loaded afterwards:
-//! SSH host key, SSH user CA, recording signing key and the TLS certificate.
+//! SSH host key, SSH user CA (trusted by targets), SSH engineer CA (trusted by the
+//! gateway's own SSH front only), recording signing key and the TLS certificate.
 //! Private key files are written 0600 in a 0700 folder.
 
 use std::fs::{self, OpenOptions};
@@ -30,6 +31,9 @@ pub enum KeyError {
 pub struct GatewayKeys {
     pub ssh_host: PrivateKey,
     pub user_ca: PrivateKey,
+    /// Signs engineers' certificates (`drawbridge login`). Never the user CA: targets
+    /// trust that one, and an engineer's certificate must not open a target directly.
+    pub engineer_ca: PrivateKey,
     pub recording: Arc<RecordingKey>,
     /// Ed25519 PKCS#8 for the HTTP identity assertions (JWT, EdDSA).
     pub http_assertion: Secret<Vec<u8>>,
@@ -57,6 +61,9 @@ impl KeyPaths {
     /// Targets put this file's contents in their `TrustedUserCAKeys`.
     pub fn user_ca_pub(&self) -> PathBuf {
         self.dir.join("ssh_user_ca.pub")
+    }
+    pub fn engineer_ca(&self) -> PathBuf {
+        self.dir.join("ssh_engineer_ca")
     }
     pub fn recording(&self) -> PathBuf {
         self.dir.join("recording.pk8")
@@ -247,6 +254,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<(GatewayKeys, Vec<PathBuf>), Ke
     let mut created = Vec::new();
     let ssh_host = ssh_key_file(&paths.ssh_host(), &mut created)?;
     let user_ca = ssh_key_file(&paths.user_ca(), &mut created)?;
+    let engineer_ca = ssh_key_file(&paths.engineer_ca(), &mut created)?;
     let recording = Arc::new(recording_key(&paths, &mut created)?);
     let http_assertion = Secret::new(ed25519_pkcs8(&paths.http_assertion(), &mut created)?);
     let (tls_cert_pem, tls_key_pem) = tls(&paths, &mut created)?;
@@ -254,6 +262,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<(GatewayKeys, Vec<PathBuf>), Ke
         GatewayKeys {
             ssh_host,
             user_ca,
+            engineer_ca,
             recording,
             http_assertion,
             tls_cert_pem,
@@ -284,11 +293,12 @@ mod tests {
     fn first_start_creates_private_files_0600_then_reloads_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (keys, created) = load_or_create(dir.path()).expect("create");
-        assert_eq!(created.len(), 5);
+        assert_eq!(created.len(), 6);
         let paths = KeyPaths::new(dir.path());
         for p in [
             paths.ssh_host(),
             paths.user_ca(),
+            paths.engineer_ca(),
             paths.recording(),
             paths.http_assertion(),
             paths.tls_key(),
@@ -299,6 +309,11 @@ mod tests {
         let (again, created) = load_or_create(dir.path()).expect("reload");
         assert!(created.is_empty());
         assert_eq!(keys.user_ca.public_key(), again.user_ca.public_key());
+        assert_eq!(
+            keys.engineer_ca.public_key(),
+            again.engineer_ca.public_key()
+        );
+        assert_ne!(keys.engineer_ca.public_key(), keys.user_ca.public_key());
         assert_eq!(keys.recording.key_id(), again.recording.key_id());
     }
 

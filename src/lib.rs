@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cert_check;
 pub mod cli;
 pub mod config;
 pub mod credentials;

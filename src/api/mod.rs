@@ -48,6 +48,8 @@ pub struct ApiState {
     /// One-time codes that carry a browser login over to an app.
     pub handoff: Arc<crate::proxy::http::Handoff>,
     pub audit: crate::recording::AuditLog,
+    /// Signs engineers' own SSH keys (`POST /api/v1/ssh-certificates`).
+    pub engineer_ca: Arc<identity::EngineerCa>,
 }
 
 impl ApiState {
@@ -75,6 +77,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/grants/{id}/release", post(release))
         .route("/api/v1/break-glass", post(break_glass))
         .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/ssh-certificates", post(sign_ssh_key))
         .route("/login", get(web::login_page).post(web::login_submit))
         .route("/.well-known/jwks.json", get(web::jwks))
         .route("/api/v1/sessions/{id}/kill", post(kill))
@@ -93,7 +96,11 @@ impl IntoResponse for ApiError {
 impl From<IdentityError> for ApiError {
     fn from(e: IdentityError) -> Self {
         match e {
-            IdentityError::InvalidCredentials | IdentityError::Disabled(_) => {
+            IdentityError::InvalidCredentials
+            | IdentityError::Disabled(_)
+            | IdentityError::Certificate(_)
+            | IdentityError::CertificatePrincipals(_)
+            | IdentityError::CertificateUser(_) => {
                 // A disabled user gets the same answer as a wrong password.
                 ApiError(StatusCode::UNAUTHORIZED, "invalid credentials".into())
             }
@@ -202,6 +209,47 @@ async fn login(
         token: token.value().expose().clone(),
         expires_at: token.expires_at(),
     }))
+}
+
+/// Signs the caller's own SSH public key with the engineer CA, so stock `ssh`
+/// logs in to the gateway with it (the gateway's SSH front trusts that CA; targets
+/// do not). Every certificate issued is in the audit log with its serial.
+async fn sign_ssh_key(
+    State(s): Shared,
+    Caller(who): Caller,
+    Json(body): Json<SshCertificateRequest>,
+) -> Result<(StatusCode, Json<SshCertificateResponse>), ApiError> {
+    let key = crate::keys::parse_public_key(&body.public_key)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let issued = s.engineer_ca.issue(&who, &key, time::now())?;
+    let certificate = issued.certificate.to_openssh().map_err(internal)?;
+    let (valid_after, valid_before) = (
+        issued.certificate.valid_after() as i64,
+        issued.certificate.valid_before() as i64,
+    );
+    let details = format!(
+        "serial {} id {:?} for key {} valid until {}",
+        issued.serial,
+        issued.key_id,
+        identity::fingerprint(&key),
+        time::format(valid_before)
+    );
+    tracing::info!(
+        user = who.name(),
+        serial = issued.serial,
+        "ssh certificate issued"
+    );
+    s.audit_event("ssh_cert.issued", who.name(), &issued.key_id, &details);
+    Ok((
+        StatusCode::CREATED,
+        Json(SshCertificateResponse {
+            certificate,
+            serial: issued.serial,
+            key_id: issued.key_id,
+            valid_after,
+            valid_before,
+        }),
+    ))
 }
 
 async fn whoami(Caller(who): Caller) -> Json<WhoAmI> {

@@ -20,6 +20,23 @@ pub struct LoginResponse {
     pub expires_at: i64,
 }
 
+/// `POST /api/v1/ssh-certificates`: sign the caller's own public key.
+#[derive(Serialize, Deserialize)]
+pub struct SshCertificateRequest {
+    /// One OpenSSH public key line, e.g. the contents of `~/.ssh/id_ed25519.pub`.
+    pub public_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SshCertificateResponse {
+    /// The certificate line, ready to be written as `id_ed25519-cert.pub`.
+    pub certificate: String,
+    pub serial: u64,
+    pub key_id: String,
+    pub valid_after: i64,
+    pub valid_before: i64,
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct WhoAmI {
     pub user: String,

@@ -10,6 +10,7 @@ use clap::Args;
 use hyper::Method;
 
 use super::client::{ApiClient, DEFAULT_SERVER, SavedLogin};
+use super::ssh_cert;
 use crate::api::types::*;
 use crate::time;
 
@@ -29,6 +30,14 @@ pub struct LoginArgs {
     /// The current TOTP code (prompted for when absent).
     #[arg(long)]
     totp: Option<String>,
+    /// Have this SSH public key signed by the gateway; the certificate is written
+    /// beside it (`id_ed25519.pub` → `id_ed25519-cert.pub`) and `ssh` offers it.
+    /// Default: `~/.ssh/id_ed25519.pub` when it exists.
+    #[arg(long, conflicts_with = "no_ssh_cert")]
+    ssh_key: Option<PathBuf>,
+    /// Sign no SSH key.
+    #[arg(long)]
+    no_ssh_cert: bool,
 }
 
 #[derive(Args)]
@@ -196,20 +205,34 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             }),
         )
         .await?;
-    let path = SavedLogin {
+    let saved = SavedLogin {
         server: args.server,
         ca_pem,
         user: response.user.clone(),
         token: response.token,
         expires_at: response.expires_at,
-    }
-    .save()?;
+    };
+    let path = saved.save()?;
     println!(
         "logged in as {} until {} (token saved in {})",
         response.user,
         time::format(response.expires_at),
         path.display()
     );
+    if args.no_ssh_cert {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let named = args.ssh_key.is_some();
+    let Some(key) = ssh_cert::key_to_sign(args.ssh_key) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let client = ApiClient::new(&saved.server, &saved.ca_pem, Some(saved.token.clone()))?;
+    match ssh_cert::sign(&client, &key).await {
+        Ok(line) => println!("{line}"),
+        // The login itself worked; a default key that cannot be signed only warns.
+        Err(e) if !named => eprintln!("drawbridge: warning: {e:#}"),
+        Err(e) => return Err(e),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

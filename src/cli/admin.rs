@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::Config;
 use crate::identity::{self, TotpSecret};
-use crate::proxy::ssh::parse_host_key;
+use crate::proxy::ssh::{HostVerification, known_hosts_name};
 use crate::secret::Secret;
 use crate::store::{NewUser, PostgresSettings, SecretSource, SshKeyRow, Store, Target};
 
@@ -70,12 +70,19 @@ pub struct TargetAddArgs {
     address: String,
     #[command(flatten)]
     postgres: PostgresTargetArgs,
-    /// SSH: the target's host public key (`ssh-ed25519 AAAA…`), pinned.
-    #[arg(long, conflicts_with = "host_key_file")]
-    host_key: Option<String>,
-    /// A file holding the target's host public key.
+    /// SSH: the target's host public key (`ssh-ed25519 AAAA…`), pinned, or a
+    /// known_hosts line (`@cert-authority * ssh-ed25519 AAAA…` trusts a host CA).
+    /// Repeatable.
     #[arg(long)]
-    host_key_file: Option<PathBuf>,
+    host_key: Vec<String>,
+    /// A file of such lines: the target's `ssh_host_ed25519_key.pub`, or a
+    /// known_hosts file (lines naming other hosts are skipped). Repeatable.
+    #[arg(long)]
+    host_key_file: Vec<PathBuf>,
+    /// SSH: a host CA's public key file; the target must present a host
+    /// certificate it signed, naming the host of --address. Repeatable.
+    #[arg(long)]
+    host_ca_file: Vec<PathBuf>,
     /// A label (repeatable), e.g. `--label env=prod`.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -240,28 +247,53 @@ async fn add_user(store: &dyn Store, args: UserAddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every host key source given, as known_hosts text: `--host-key` lines,
+/// `--host-key-file` contents and `--host-ca-file` keys as `@cert-authority`.
+fn host_key_lines(args: &TargetAddArgs) -> anyhow::Result<String> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let mut lines = args.host_key.clone();
+    for path in &args.host_key_file {
+        lines.push(read(path)?);
+    }
+    for path in &args.host_ca_file {
+        let text = read(path)?;
+        let key = crate::keys::parse_public_key(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        lines.push(format!("@cert-authority * {}", key.to_openssh()?));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// The known_hosts lines that apply to the target at `address`, normalised.
+fn ssh_host_keys(args: &TargetAddArgs) -> anyhow::Result<(String, String)> {
+    let text = host_key_lines(args)?;
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "a host key or host CA is required (--host-key, --host-key-file or --host-ca-file): Drawbridge never trusts a target on first use"
+    );
+    let name = known_hosts_name(&args.address);
+    let (stored, skipped) = HostVerification::select(&text, &name).map_err(anyhow::Error::msg)?;
+    let mut described = HostVerification::parse(&stored)
+        .map_err(anyhow::Error::msg)?
+        .describe();
+    if skipped > 0 {
+        described.push_str(&format!("; {skipped} line(s) for other hosts skipped"));
+    }
+    Ok((stored, described))
+}
+
 async fn add_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()> {
-    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let (host_key, described) = if args.protocol == "ssh" {
-        let host_key = match (args.host_key, args.host_key_file) {
-            (Some(k), _) => k,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            (None, None) => anyhow::bail!(
-                "a pinned host key is required (--host-key or --host-key-file): Drawbridge never trusts a target on first use"
-            ),
-        };
-        let key = parse_host_key(&host_key).map_err(anyhow::Error::msg)?;
-        (
-            key.to_openssh()?,
-            format!("host key {}", identity::fingerprint(&key)),
-        )
+        ssh_host_keys(&args)?
     } else {
         (
             String::new(),
             "reached at https://NAME.<apps domain>:<https port>/".to_string(),
         )
     };
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     store
         .create_target(Target {
             name: args.name.clone(),
@@ -317,8 +349,8 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
 
 async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.host_key.is_none() && args.host_key_file.is_none(),
-        "--host-key is for SSH targets; a PostgreSQL target is verified with --tls-ca"
+        args.host_key.is_empty() && args.host_key_file.is_empty() && args.host_ca_file.is_empty(),
+        "--host-key and --host-ca-file are for SSH targets; a PostgreSQL target is verified with --tls-ca"
     );
     let settings = args.postgres.settings()?;
     let tls = if settings.tls_ca.is_some() {

@@ -9,6 +9,7 @@ mod client;
 mod keys;
 mod policy;
 mod psql;
+mod ssh_cert;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +44,8 @@ enum Command {
     /// Manage targets (on the gateway host).
     #[command(subcommand)]
     Target(admin::TargetCommand),
-    /// Log in with password and TOTP; stores a short-lived token.
+    /// Log in with password and TOTP; stores a short-lived token and has your SSH
+    /// key signed for the day.
     Login(access::LoginArgs),
     /// Ask for time-boxed access to a target.
     Request(access::RequestArgs),

@@ -5,11 +5,13 @@
 //! check succeeded and the user was found enabled, so every later stage can take one
 //! as proof.
 
+mod certificate;
 mod limiter;
 mod password;
 mod token;
 mod totp;
 
+pub use certificate::{EngineerCa, IssuedCertificate, by_certificate};
 pub use limiter::{FailureLimiter, LimiterConfig, Subject};
 pub use password::hash_password;
 pub use token::LoginToken;
@@ -26,6 +28,8 @@ use crate::time::UnixTime;
 pub struct Identity {
     user: User,
     method: &'static str,
+    /// Which key or certificate, for the audit log; empty when there is nothing to add.
+    detail: String,
 }
 
 impl Identity {
@@ -39,6 +43,13 @@ impl Identity {
     pub fn method(&self) -> &'static str {
         self.method
     }
+    /// The method and the credential used, e.g. `certificate serial=7 id="…" key SHA256:…`.
+    pub fn describe(&self) -> String {
+        if self.detail.is_empty() {
+            return self.method.to_string();
+        }
+        format!("{} {}", self.method, self.detail)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,12 @@ pub enum IdentityError {
     InvalidCredentials,
     #[error("user {0} is disabled")]
     Disabled(String),
+    #[error("certificate refused: it {0}")]
+    Certificate(#[from] crate::cert_check::CertificateProblem),
+    #[error("certificate refused: it names several principals ({0}), not one user")]
+    CertificatePrincipals(String),
+    #[error("certificate refused: it names {0}, who is not a Drawbridge user")]
+    CertificateUser(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -63,13 +80,22 @@ fn enabled(user: User, method: &'static str) -> Result<Identity, IdentityError> 
     if user.disabled {
         return Err(IdentityError::Disabled(user.name));
     }
-    Ok(Identity { user, method })
+    Ok(Identity {
+        user,
+        method,
+        detail: String::new(),
+    })
 }
 
 /// The owner of a public key whose possession SSH has already verified.
 pub async fn by_public_key(store: &dyn Store, key: &PublicKey) -> Result<Identity, IdentityError> {
-    match store.user_by_key_fingerprint(&fingerprint(key)).await? {
-        Some(user) => enabled(user, "publickey"),
+    let fingerprint = fingerprint(key);
+    match store.user_by_key_fingerprint(&fingerprint).await? {
+        Some(user) => {
+            let mut identity = enabled(user, "publickey")?;
+            identity.detail = fingerprint;
+            Ok(identity)
+        }
         None => Err(IdentityError::InvalidCredentials),
     }
 }

@@ -38,6 +38,8 @@ pub enum UpstreamError {
         expected: String,
         got: String,
     },
+    #[error("cannot verify target {target}: it {reason}; refusing to connect")]
+    HostUnverified { target: String, reason: String },
     #[error("target {target} rejected the gateway's certificate for principal {principal:?}")]
     CredentialRejected { target: String, principal: String },
     #[error("target {target}: {reason}")]

@@ -138,11 +138,15 @@ impl Pipeline {
     ) -> Result<Established<U::Connection>, SessionError> {
         let now = time::now();
         let user = identity.name().to_string();
+        let authenticated_by = identity.describe();
         let auth = match self.access.authorize(identity, target, login, now).await {
             Ok(auth) => auth,
             Err(e) => {
                 // Every connect decision is in the audit log, refusals included.
-                let details = format!("{login}@{target} via {}: {e}", U::PROTOCOL);
+                let details = format!(
+                    "{login}@{target} via {}: {e}; auth: {authenticated_by}",
+                    U::PROTOCOL
+                );
                 if let Err(e) = self.audit.event("session.refused", &user, "", &details) {
                     tracing::error!(error = %e, "cannot write the audit record");
                 }
@@ -192,7 +196,9 @@ impl Pipeline {
             grant_id: auth.grant().map(|g| g.id()),
             started_at_unix_ms: time::now_ms(),
         };
-        let writer = self.start_recording(&meta, auth.policy_ids()).await?;
+        let writer = self
+            .start_recording(&meta, auth.policy_ids(), &auth.identity().describe())
+            .await?;
         if let Some(grant) = auth.grant().filter(|g| g.break_glass()) {
             writer
                 .sink()
@@ -241,6 +247,7 @@ impl Pipeline {
         &self,
         meta: &SessionMeta,
         policies: &[String],
+        credential: &str,
     ) -> Result<Writer, SessionError> {
         let recorder = Recorder::create(
             &self.recordings_dir,
@@ -256,7 +263,7 @@ impl Pipeline {
         });
         let writer = Writer::spawn(recorder, self.recording.queue_bytes, on_failure)?;
         let details = format!(
-            "{}@{} via {}{}; policies: {}",
+            "{}@{} via {}{}; policies: {}; auth: {credential}",
             meta.login,
             meta.target,
             meta.protocol,

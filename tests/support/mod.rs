@@ -64,10 +64,38 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(ca_pub: &Path) -> Sshd {
+        Sshd::start_with(ca_pub, |_| String::new())
+    }
+
+    /// An sshd presenting a host certificate for its key, signed by `host_ca` (a
+    /// private key file) with `ssh-keygen -h -n PRINCIPALS -V VALIDITY`.
+    pub fn start_with_host_cert(
+        ca_pub: &Path,
+        host_ca: &Path,
+        principals: &str,
+        validity: &str,
+    ) -> Sshd {
+        Sshd::start_with(ca_pub, |host_key| {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(host_ca)
+                .args(["-h", "-I", "test-host", "-n", principals, "-V", validity])
+                .arg(host_key.with_extension("pub"))
+                .status()
+                .expect("ssh-keygen -s");
+            assert!(status.success(), "signing the host key");
+            let cert = host_key.with_file_name("host_key-cert.pub");
+            format!("HostCertificate {}\n", cert.display())
+        })
+    }
+
+    /// `extra` gets the host key's path and returns more sshd_config lines.
+    fn start_with(ca_pub: &Path, extra: impl FnOnce(&Path) -> String) -> Sshd {
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
         let dir = tempfile::tempdir().expect("tempdir");
         let host_key = dir.path().join("host_key");
         keygen(&host_key);
+        let extra = extra(&host_key);
         for attempt in 0..5 {
             let port = free_port();
             let config = dir.path().join("sshd_config");
@@ -78,7 +106,7 @@ impl Sshd {
                      TrustedUserCAKeys {ca}\nAuthorizedKeysFile none\nStrictModes no\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
                      LogLevel VERBOSE\nSubsystem sftp internal-sftp\n\
-                     AcceptEnv LANG LC_* DRAWBRIDGE_TEST_*\nAllowTcpForwarding yes\n",
+                     AcceptEnv LANG LC_* DRAWBRIDGE_TEST_*\nAllowTcpForwarding yes\n{extra}",
                     hk = host_key.display(),
                     pid = dir.path().join("sshd.pid").display(),
                     ca = ca_pub.display(),
@@ -442,6 +470,9 @@ impl User {
             .args(args)
             .current_dir(&self.gateway_dir)
             .env("DRAWBRIDGE_HOME", self.home.join("cli"))
+            // `drawbridge login` signs `$HOME/.ssh/id_ed25519.pub` when it exists:
+            // never the real user's.
+            .env("HOME", &self.home)
             .env_remove("DRAWBRIDGE_CONFIG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

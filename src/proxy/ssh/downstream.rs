@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
+use russh::keys::ssh_key::Certificate;
 use russh::server::{
     self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
@@ -19,7 +20,7 @@ use super::SshFront;
 use super::channel::{self, ChannelContext};
 use super::forward::{self, Destination};
 use super::upstream::UpstreamConnection;
-use crate::identity::{self, Identity, Subject};
+use crate::identity::{self, Identity, IdentityError, Subject};
 use crate::session::{Activity, Limits, SessionHandle, enforce_limits};
 
 /// `root@web-1` → login `root`, target `web-1`, split at the last `@` like every
@@ -179,9 +180,11 @@ struct Downstream {
     identity: Option<Identity>,
     requested: Option<(String, String)>,
     slot: Arc<SessionSlot>,
-    /// A connection counts as at most one failed attempt, however many keys
-    /// its client offers (agents hold several; only one may be registered).
-    counted_failure: bool,
+    /// The username of a refused key or certificate. A connection that ends
+    /// without logging in counts as one failed attempt for it (see `Drop`),
+    /// however many keys its client offered: agents hold several, and OpenSSH
+    /// offers a key before its certificate.
+    refused: Option<String>,
     /// Key verified, TOTP still owed (policy asks for MFA at connect).
     awaiting_totp: Option<Identity>,
 }
@@ -200,7 +203,7 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
         identity: None,
         requested: None,
         slot: slot.clone(),
-        counted_failure: false,
+        refused: None,
         awaiting_totp: None,
     };
     match server::run_stream(front.config.clone(), stream, handler).await {
@@ -219,48 +222,80 @@ pub(super) async fn serve(front: Arc<SshFront>, stream: TcpStream, peer: SocketA
     slot.finish("client disconnected").await;
 }
 
+/// The handler is dropped when its connection ends: the moment to count a
+/// connection that never logged in after something was refused.
+impl Drop for Downstream {
+    fn drop(&mut self) {
+        if let (None, Some(user)) = (&self.identity, self.refused.take()) {
+            let subjects = [Subject::User(user), Subject::Address(self.peer.ip())];
+            self.front.limiter.failed(&subjects, Instant::now());
+        }
+    }
+}
+
 impl Downstream {
-    /// Lets a key through only if it belongs to an enabled user, the username
-    /// names a login and a target, and neither the username nor the address has
-    /// failed too often lately.
-    async fn identify(&mut self, user: &str, key: &russh::keys::PublicKey) -> Option<Identity> {
+    /// Whether `user` may try a credential at all: the username names a login
+    /// and a target, and neither it nor the address has failed too often lately.
+    fn admissible(&self, user: &str) -> bool {
         let subjects = [
             Subject::User(user.to_string()),
             Subject::Address(self.peer.ip()),
         ];
         if self.front.limiter.check(&subjects, Instant::now()).is_err() {
             tracing::warn!(peer = %self.peer, user, "ssh authentication refused: too many failed attempts");
-            return None;
+            return false;
         }
-        let found = match split_username(user) {
-            None => None,
-            Some(_) => match identity::by_public_key(self.front.store.as_ref(), key).await {
-                Ok(identity) => Some(identity),
-                Err(e) => {
-                    tracing::info!(peer = %self.peer, user, fingerprint = %identity::fingerprint(key), error = %e, "ssh key refused");
-                    None
-                }
-            },
+        split_username(user).is_some()
+    }
+
+    /// Logs a refused key or certificate and remembers it for the failure count.
+    fn refuse(&mut self, user: &str, credential: &str, error: &IdentityError) -> Auth {
+        tracing::info!(peer = %self.peer, user, credential, error = %error, "ssh credential refused");
+        self.refused = Some(user.to_string());
+        Auth::reject()
+    }
+
+    /// A key or certificate identified `identity`: done, unless policy wants a
+    /// TOTP code for this connect (then keyboard-interactive must follow).
+    async fn identified(&mut self, user: &str, identity: Identity) -> Auth {
+        let Some((login, target)) = split_username(user) else {
+            return Auth::reject();
         };
-        if found.is_none() && !self.counted_failure {
-            self.counted_failure = true;
-            self.front.limiter.failed(&subjects, Instant::now());
+        tracing::info!(peer = %self.peer, user = identity.name(), login, target, credential = %identity.describe(), "ssh user identified");
+        self.requested = Some((login.to_string(), target.to_string()));
+        let access = self.front.pipeline.access();
+        if access
+            .connect_requires_mfa(&identity, target, login, crate::time::now())
+            .await
+        {
+            // Like OpenSSH's `AuthenticationMethods publickey,keyboard-interactive`:
+            // the key or certificate counted, a TOTP code must follow.
+            self.awaiting_totp = Some(identity);
+            return Auth::Reject {
+                proceed_with_methods: Some((&[russh::MethodKind::KeyboardInteractive][..]).into()),
+                partial_success: true,
+            };
         }
-        found
+        self.identity = Some(identity);
+        Auth::Accept
     }
 }
 
 impl server::Handler for Downstream {
     type Error = russh::Error;
 
+    /// Nothing about the key is checked here: russh hands a certificate's offer
+    /// over as the bare key it certifies, so an unregistered key may still come
+    /// with a valid certificate. Keys and certificates are checked once the
+    /// client has proven possession (`auth_publickey`, `auth_openssh_certificate`).
     async fn auth_publickey_offered(
         &mut self,
         user: &str,
-        offer: PublicKeyOffer<'_>,
+        _: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(match self.identify(user, offer.public_key).await {
-            Some(_) => Auth::Accept,
-            None => Auth::reject(),
+        Ok(match self.admissible(user) {
+            true => Auth::Accept,
+            false => Auth::reject(),
         })
     }
 
@@ -269,29 +304,43 @@ impl server::Handler for Downstream {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Some(identity) = self.identify(user, key.public_key).await else {
+        if !self.admissible(user) {
             return Ok(Auth::reject());
-        };
-        let Some((login, target)) = split_username(user) else {
-            return Ok(Auth::reject());
-        };
-        tracing::info!(peer = %self.peer, user = identity.name(), login, target, "ssh user identified");
-        self.requested = Some((login.to_string(), target.to_string()));
-        let access = self.front.pipeline.access();
-        if access
-            .connect_requires_mfa(&identity, target, login, crate::time::now())
-            .await
-        {
-            // Like OpenSSH's `AuthenticationMethods publickey,keyboard-interactive`:
-            // the key counted, a TOTP code must follow.
-            self.awaiting_totp = Some(identity);
-            return Ok(Auth::Reject {
-                proceed_with_methods: Some((&[russh::MethodKind::KeyboardInteractive][..]).into()),
-                partial_success: true,
-            });
         }
-        self.identity = Some(identity);
-        Ok(Auth::Accept)
+        let store = self.front.store.as_ref();
+        Ok(match identity::by_public_key(store, key.public_key).await {
+            Ok(identity) => self.identified(user, identity).await,
+            Err(e) => {
+                let credential = format!("key {}", identity::fingerprint(key.public_key));
+                self.refuse(user, &credential, &e)
+            }
+        })
+    }
+
+    /// A user certificate signed by the engineer CA (`drawbridge login`).
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if !self.admissible(user) {
+            return Ok(Auth::reject());
+        }
+        let (store, ca) = (self.front.store.as_ref(), &self.front.engineer_ca);
+        let now = crate::time::now();
+        Ok(
+            match identity::by_certificate(store, certificate, ca, now).await {
+                Ok(identity) => self.identified(user, identity).await,
+                Err(e) => {
+                    let credential = format!(
+                        "certificate serial={} id={:?}",
+                        certificate.serial(),
+                        certificate.key_id()
+                    );
+                    self.refuse(user, &credential, &e)
+                }
+            },
+        )
     }
 
     /// The TOTP prompt after a verified key, where policy requires MFA.

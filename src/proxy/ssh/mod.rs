@@ -3,7 +3,8 @@
 //! certificate and relays each channel.
 //!
 //! - `downstream`: the russh server side (the engineer's connection).
-//! - `upstream`: the russh client side (the target), host-key pinning included.
+//! - `upstream`: the russh client side (the target).
+//! - `known_hosts`: target host verification: pinned keys, host CAs, `@revoked`.
 //! - `channel`: one task per session channel: pty, env, shell/exec/subsystem.
 //! - `forward`: one task per `direct-tcpip` channel (`ssh -L`, `ssh -W`).
 //! - `relay`: bytes both ways for either kind, recorded through a tap.
@@ -13,17 +14,20 @@ mod ask;
 mod channel;
 mod downstream;
 mod forward;
+mod known_hosts;
 mod relay;
 mod sftp;
 mod upstream;
 
-pub use upstream::{SshUpstream, parse_host_key};
+pub use known_hosts::{HostVerification, known_hosts_name};
+pub use upstream::SshUpstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::MethodKind;
 use russh::keys::ssh_key::PrivateKey;
+use russh::keys::ssh_key::public::KeyData;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -48,6 +52,8 @@ pub struct SshFront {
     pub settings: SshConfig,
     /// Failed authentication per SSH username and per source address.
     pub limiter: Arc<FailureLimiter>,
+    /// The engineer CA: user certificates it signed identify their principal.
+    pub engineer_ca: KeyData,
     config: Arc<russh::server::Config>,
 }
 
@@ -56,6 +62,7 @@ impl SshFront {
         pipeline: Arc<Pipeline>,
         store: Arc<dyn Store>,
         host_key: PrivateKey,
+        engineer_ca: KeyData,
         upstream: SshUpstream,
         settings: SshConfig,
         limiter: Arc<FailureLimiter>,
@@ -79,6 +86,7 @@ impl SshFront {
             upstream,
             settings,
             limiter,
+            engineer_ca,
             config: Arc::new(config),
         }
     }

@@ -1,13 +1,14 @@
-//! Connecting to the target: TCP with a timeout, host key checked against the
-//! pinned key (never trust on first use), login with the minted certificate.
+//! Connecting to the target: TCP with a timeout, host key or host certificate
+//! checked against the target's known_hosts lines (never trust on first use),
+//! login with the minted certificate.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
 use russh::keys::PublicKeyOrCertificate;
-use russh::keys::ssh_key::{HashAlg, PublicKey};
 
+use super::known_hosts::{HostKeyProblem, HostVerification, host_name};
 use crate::credentials::Credential;
 use crate::session::{Upstream, UpstreamError};
 use crate::store::Target;
@@ -16,59 +17,67 @@ pub struct SshUpstream {
     pub connect_timeout: Duration,
 }
 
-/// Checks the target's host key; remembers a mismatch so the error can say which
-/// key was offered.
-pub struct PinnedHostKey {
-    pinned: PublicKey,
-    offered: Arc<Mutex<Option<String>>>,
+/// Checks the target's host key or certificate; remembers why it refused so the
+/// error can say.
+pub struct VerifyHost {
+    verification: Arc<HostVerification>,
+    /// The name a host certificate must list.
+    host: String,
+    problem: Arc<Mutex<Option<HostKeyProblem>>>,
 }
 
-impl client::Handler for PinnedHostKey {
+impl client::Handler for VerifyHost {
     type Error = russh::Error;
 
     async fn check_server_key(
         &mut self,
-        key: &PublicKeyOrCertificate,
+        offered: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let offered = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key,
-            // Host certificates need a host CA, which targets cannot configure yet.
-            PublicKeyOrCertificate::Certificate(_) => return Ok(false),
-        };
-        if offered.key_data() == self.pinned.key_data() {
-            return Ok(true);
-        }
-        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(offered.fingerprint(HashAlg::Sha256).to_string());
-        Ok(false)
+        let verdict = self
+            .verification
+            .check(offered, &self.host, crate::time::now());
+        let accepted = verdict.is_ok();
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = verdict.err();
+        Ok(accepted)
     }
 }
 
-/// Accepts `ssh-ed25519 AAAA…` or a known_hosts line (`host ssh-ed25519 AAAA…`).
-pub fn parse_host_key(line: &str) -> Result<PublicKey, String> {
-    let line = line.trim();
-    crate::keys::parse_public_key(line).or_else(|first_error| {
-        line.split_once(char::is_whitespace)
-            .ok_or(first_error.clone())
-            .and_then(|(_, rest)| crate::keys::parse_public_key(rest))
-            .map_err(|_| first_error)
-    })
+fn host_key_error(target: &Target, problem: HostKeyProblem) -> UpstreamError {
+    match problem {
+        HostKeyProblem::NotPinned { expected, got } => UpstreamError::HostKeyMismatch {
+            target: target.name.clone(),
+            expected,
+            got,
+        },
+        other => UpstreamError::HostUnverified {
+            target: target.name.clone(),
+            reason: other.to_string(),
+        },
+    }
 }
 
-pub type UpstreamConnection = client::Handle<PinnedHostKey>;
+pub type UpstreamConnection = client::Handle<VerifyHost>;
 
 /// russh's defaults with AES-256-GCM first: the gateway picks the cipher of
 /// the upstream leg, and with AES-NI it costs the gateway far less CPU per
 /// byte than ChaCha20-Poly1305 (`benches/ssh_ratio.rs`). Both are AEADs.
-fn upstream_algorithms() -> russh::Preferred {
+/// Host certificates are asked for only from targets with a host CA: a target
+/// without one is checked against its pinned key, which a certificate would hide.
+fn upstream_algorithms(verification: &HostVerification) -> russh::Preferred {
     use russh::cipher;
+    let defaults = russh::Preferred::default();
+    let host_key_certificates = match verification.wants_certificate() {
+        true => defaults.key.clone(),
+        false => defaults.host_key_certificates.clone(),
+    };
     russh::Preferred {
         cipher: std::borrow::Cow::Borrowed(&[
             cipher::AES_256_GCM,
             cipher::CHACHA20_POLY1305,
             cipher::AES_256_CTR,
         ]),
-        ..russh::Preferred::default()
+        host_key_certificates,
+        ..defaults
     }
 }
 
@@ -88,19 +97,21 @@ impl Upstream for SshUpstream {
         let Credential::Ssh(credential) = credential else {
             return Err(protocol_error("not an SSH credential".into()));
         };
-        let pinned = parse_host_key(&target.host_key)
-            .map_err(|e| protocol_error(format!("pinned host key: {e}")))?;
-        let offered = Arc::new(Mutex::new(None));
-        let check = PinnedHostKey {
-            pinned: pinned.clone(),
-            offered: offered.clone(),
+        let verification = HostVerification::parse(&target.host_key)
+            .map_err(|e| protocol_error(format!("stored host keys: {e}")))?;
+        let preferred = upstream_algorithms(&verification);
+        let problem = Arc::new(Mutex::new(None));
+        let check = VerifyHost {
+            verification: Arc::new(verification),
+            host: host_name(&target.address),
+            problem: problem.clone(),
         };
         let config = Arc::new(client::Config {
             inactivity_timeout: None,
             nodelay: true,
             window_size: super::WINDOW_SIZE,
             maximum_packet_size: super::MAX_PACKET,
-            preferred: upstream_algorithms(),
+            preferred,
             ..Default::default()
         });
         let login = async {
@@ -128,12 +139,8 @@ impl Upstream for SshUpstream {
                 principal: credential.principal,
             }),
             Err(e) => {
-                if let Some(got) = offered.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    return Err(UpstreamError::HostKeyMismatch {
-                        target: target.name.clone(),
-                        expected: pinned.fingerprint(HashAlg::Sha256).to_string(),
-                        got,
-                    });
+                if let Some(problem) = problem.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return Err(host_key_error(target, problem));
                 }
                 Err(match e {
                     russh::Error::IO(io) => UpstreamError::Unreachable {
@@ -145,19 +152,5 @@ impl Upstream for SshUpstream {
                 })
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_keys_parse_bare_or_as_known_hosts_lines() {
-        let key =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-        assert!(parse_host_key(key).is_ok());
-        assert!(parse_host_key(&format!("[127.0.0.1]:2200 {key}")).is_ok());
-        assert!(parse_host_key("ssh-ed25519 garbage").is_err());
     }
 }
