@@ -271,3 +271,164 @@ fn a_busy_session_is_ended_at_the_maximum_length() {
         stderr(&o)
     );
 }
+
+/// A server whose connections are accepted and then never read: what is sent
+/// to it piles up until every window on the way is full.
+fn stuck_reader_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: the test is over long before this.
+        let until = Instant::now() + Duration::from_secs(120);
+        listener.set_nonblocking(true).expect("nonblocking");
+        while Instant::now() < until {
+            if let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    port
+}
+
+/// A server that sends zeroes to each connection as fast as it can take them,
+/// for at most 120 s.
+fn firehose_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let chunk = vec![0u8; 64 * 1024];
+                let until = Instant::now() + Duration::from_secs(120);
+                while Instant::now() < until && stream.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+/// A multiplexing master connection (`ssh -M`) with one local forward, so
+/// that later `ssh -S` commands share its SSH connection with the forward.
+struct Master {
+    child: std::process::Child,
+    control: std::path::PathBuf,
+    local_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Master {
+    fn start(w: &World, remote_port: u16) -> Master {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("control");
+        let local_port = free_port();
+        let forward = format!("{local_port}:127.0.0.1:{remote_port}");
+        let child = ssh_with(
+            &w.alice,
+            &[
+                "-M",
+                "-S",
+                &control.display().to_string(),
+                "-N",
+                "-L",
+                &forward,
+            ],
+            "root@staging-1",
+        )
+        .spawn()
+        .expect("ssh -M");
+        assert!(
+            wait_for_port(local_port, Duration::from_secs(15)),
+            "the master's forward never listened"
+        );
+        Master {
+            child,
+            control,
+            local_port,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `command` on a new channel of the master's connection; `None`
+    /// when it has not finished within 20 s (the connection is stalled).
+    fn run(&self, w: &World, command: &str) -> Option<String> {
+        let mut child = ssh_with(
+            &w.alice,
+            &["-S", &self.control.display().to_string()],
+            "root@staging-1",
+        )
+        .arg(command)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ssh -S");
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if child.try_wait().expect("try_wait").is_some() {
+                let mut out = String::new();
+                child
+                    .stdout
+                    .take()
+                    .expect("stdout")
+                    .read_to_string(&mut out)
+                    .expect("read");
+                return Some(out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_forward_whose_target_stops_reading_stalls_neither_the_connection_nor_the_gateway() {
+    let w = World::new();
+    w.gateway.add_target("staging-1", &w.sshd, &["env=staging"]);
+    w.grant_alice("staging-1", "root", "30m");
+    let master = Master::start(&w, stuck_reader_server());
+    let rss_before = w.gateway.rss_kib();
+    // 96 MiB into a destination that never reads: far more than every window
+    // and queue between here and there can hold.
+    let mut into_forward =
+        std::net::TcpStream::connect(("127.0.0.1", master.local_port)).expect("connect");
+    into_forward
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < 96 && into_forward.write_all(&chunk).is_ok() {
+        written += 1;
+    }
+    assert!(written < 96, "the destination was meant to stop reading");
+    // The same connection still runs commands.
+    assert_eq!(master.run(&w, "echo alive").as_deref(), Some("alive\n"));
+    // Backpressure, not buffering: the gateway holds at most a few windows.
+    let grown = w.gateway.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 48 * 1024, "gateway grew by {grown} KiB");
+}
+
+#[test]
+fn a_forward_whose_client_stops_reading_stalls_neither_the_connection_nor_the_gateway() {
+    let w = World::new();
+    w.gateway.add_target("staging-1", &w.sshd, &["env=staging"]);
+    w.grant_alice("staging-1", "root", "30m");
+    let master = Master::start(&w, firehose_server());
+    let rss_before = w.gateway.rss_kib();
+    // Connect and never read: the firehose fills every window on the way back.
+    let _not_reading =
+        std::net::TcpStream::connect(("127.0.0.1", master.local_port)).expect("connect");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(master.run(&w, "echo alive").as_deref(), Some("alive\n"));
+    let grown = w.gateway.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 48 * 1024, "gateway grew by {grown} KiB");
+}
