@@ -5,13 +5,19 @@
 //! anything claiming identity, given a signed assertion and forwarded.
 //!
 //! - `headers`: what is removed and added on the way through.
+//! - `inject`: what each target is told about the caller (assertion, header
+//!   templates, a vaulted static credential).
 //! - `upstream`: the [`Upstream`](crate::session::Upstream) impl and forwarding,
-//!   websockets included.
+//!   websockets included; `tls`: plain or verified TLS connections to targets.
+//! - `exchange`: byte counts, optional bodies and the note each request records.
 //! - `sessions`: the per-user-and-target session cache.
 
+mod exchange;
 mod handoff;
 mod headers;
+pub mod inject;
 mod sessions;
+pub mod tls;
 mod upstream;
 
 pub use handoff::{CALLBACK_PATH, Handoff};
