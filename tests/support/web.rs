@@ -251,10 +251,14 @@ pub fn eventually<T: std::fmt::Debug>(read: impl Fn() -> T, check: impl Fn(&T) -
 /// A throwaway CA and a leaf for 127.0.0.1 and localhost signed by it, as PEM
 /// files in `dir`: (ca.pem, leaf chain, leaf key).
 pub fn tls_files(dir: &Path, prefix: &str) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names, so another CA is an unknown issuer rather than a bad signature.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{prefix} test CA"));
     let ca = ca_params.clone().self_signed(&ca_key).expect("ca");
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().expect("key");
