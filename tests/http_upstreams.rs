@@ -178,7 +178,16 @@ fn apps_receive_exactly_the_configured_headers_and_credential_and_the_secret_nev
         "no assertion, no default identity headers, no email header for a user without one: {seen}"
     );
 
-    // erin has an email address.
+    // erin has an email address; a malformed one is refused.
+    let o = web
+        .w
+        .gateway
+        .admin(&["user", "add", "frank", "--email", "frank at example"]);
+    assert!(
+        stderr(&o).contains("is not an email address"),
+        "{}",
+        stderr(&o)
+    );
     let erin = web
         .w
         .gateway

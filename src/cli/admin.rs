@@ -362,6 +362,13 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<ExitC
 }
 
 async fn add_user(store: &dyn Store, args: UserAddArgs) -> anyhow::Result<()> {
+    if let Some(email) = &args.email {
+        // It ends up in headers: no spaces or control characters.
+        anyhow::ensure!(
+            email.contains('@') && !email.chars().any(|c| c.is_whitespace() || c.is_control()),
+            "--email {email:?} is not an email address"
+        );
+    }
     let mut ssh_keys = Vec::new();
     for path in &args.ssh_keys {
         let text = std::fs::read_to_string(path)
