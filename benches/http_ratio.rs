@@ -88,12 +88,13 @@ impl Nginx {
             .arg(dir.path())
             .arg("-c")
             .arg(&config)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"))
             .spawn()
             .expect("nginx");
         assert!(
             wait_for_port(port, Duration::from_secs(10)),
-            "{name} nginx did not start: {}",
+            "{name} nginx did not start: {}{}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default(),
             std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
         );
         Nginx {
@@ -190,7 +191,7 @@ fn nginx_proxy(upstream_port: u16, cert: &Path, key: &Path) -> Nginx {
             "worker_processes 2;\nevents {{ worker_connections 1024; }}\n\
              http {{ access_log off; TEMP_PATHS keepalive_requests 1000000;\n\
              upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
-             server {{ listen 127.0.0.1:{port} ssl; http2 on;\n\
+             server {{ listen 127.0.0.1:{port} ssl;\n\
              ssl_certificate {cert}; ssl_certificate_key {key};\n\
              location / {{ proxy_pass http://app; proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\"; }} }} }}"
