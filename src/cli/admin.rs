@@ -495,7 +495,7 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
         TargetCommand::Add(args) => {
             anyhow::ensure!(
                 args.postgres.is_empty(),
-                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres"
+                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres (--tls-ca also suits --protocol http)"
             );
             anyhow::ensure!(
                 args.http.is_empty(),
