@@ -62,7 +62,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(name: &str, body: impl Fn(&Path, u16) -> String) -> Nginx {
+    fn start(name: &str, body: impl Fn(u16) -> String) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("nginx.conf");
@@ -72,7 +72,7 @@ impl Nginx {
             format!(
                 "daemon off;\nuser root;\npid {temp}/nginx.pid;\nerror_log {temp}/error.log warn;\n\
                  {}\n",
-                body(dir.path(), port).replace(
+                body(port).replace(
                     "TEMP_PATHS",
                     &format!(
                         "client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; \
@@ -175,7 +175,7 @@ fn millis(v: &str) -> f64 {
 
 fn upstream(page: &Path) -> Nginx {
     let root = page.parent().expect("root").display().to_string();
-    Nginx::start("upstream", move |_, port| {
+    Nginx::start("upstream", move |port| {
         format!(
             "worker_processes 2;\nevents {{ worker_connections 1024; }}\n\
              http {{ access_log off; TEMP_PATHS keepalive_requests 1000000;\n\
@@ -186,7 +186,7 @@ fn upstream(page: &Path) -> Nginx {
 
 fn nginx_proxy(upstream_port: u16, cert: &Path, key: &Path) -> Nginx {
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    Nginx::start("proxy", move |_, port| {
+    Nginx::start("proxy", move |port| {
         format!(
             "worker_processes 2;\nevents {{ worker_connections 1024; }}\n\
              http {{ access_log off; TEMP_PATHS keepalive_requests 1000000;\n\
@@ -285,9 +285,8 @@ fn main() {
         gateway.rps * secs as f64,
         cpu * 1e6 / (gateway.rps * secs as f64)
     );
-    let notes = w.gateway.log();
     assert!(
-        !notes.contains("upstream request failed"),
+        !w.gateway.log().contains("upstream request failed"),
         "the gateway failed requests during the run"
     );
 }
