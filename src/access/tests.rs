@@ -32,6 +32,7 @@ async fn user(store: &SqliteStore, name: &str, groups: &[&str]) -> Identity {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             admin: false,
+            email: None,
             password_hash: Some(crate::identity::hash_password(&password).expect("hash")),
             totp_secret: Some(secret.bytes().to_vec()),
             ssh_keys: vec![],
@@ -53,6 +54,7 @@ async fn target(store: &SqliteStore, name: &str, env: &str) {
             host_key: String::new(),
             labels: BTreeMap::from([("env".to_string(), env.to_string())]),
             postgres: None,
+            http: None,
         })
         .await
         .expect("target");

@@ -88,6 +88,7 @@ impl AssertionSigner {
                 jti: String::new(),
                 login: auth.login().to_string(),
                 groups: auth.identity().user().groups.clone(),
+                email: auth.identity().user().email.clone(),
                 session: session_id.to_string(),
                 grant: auth.grant().map(|g| g.id()),
             },
@@ -120,6 +121,8 @@ struct Claims {
     /// The granted login/role on the target.
     login: String,
     groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
     /// The Drawbridge session, so the app's logs can be joined with ours.
     session: String,
     grant: Option<i64>,
@@ -183,5 +186,19 @@ impl HttpCredential {
 
     pub fn groups(&self) -> &[String] {
         &self.template.groups
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.template.email.as_deref()
+    }
+
+    /// The granted login on the target.
+    pub fn login(&self) -> &str {
+        &self.template.login
+    }
+
+    /// The target (the assertion's audience).
+    pub fn target(&self) -> &str {
+        &self.template.aud
     }
 }

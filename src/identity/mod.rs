@@ -207,6 +207,7 @@ mod tests {
                 name: "alice".into(),
                 groups: vec![],
                 admin: false,
+                email: None,
                 password_hash: Some(hash_password(&Secret::new("pw".into())).expect("hash")),
                 totp_secret: Some(secret.bytes().to_vec()),
                 ssh_keys: vec![],

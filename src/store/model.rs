@@ -17,6 +17,9 @@ pub struct User {
     pub groups: Vec<String>,
     pub admin: bool,
     pub disabled: bool,
+    /// For apps that want it in a header (`{email}` in HTTP header templates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// What the identity stage needs to check a password and TOTP code.
@@ -31,6 +34,7 @@ pub struct NewUser {
     pub name: String,
     pub groups: Vec<String>,
     pub admin: bool,
+    pub email: Option<String>,
     pub password_hash: Option<String>,
     pub totp_secret: Option<Vec<u8>>,
     pub ssh_keys: Vec<SshKeyRow>,
@@ -55,6 +59,9 @@ pub struct Target {
     /// Only for `protocol = "postgres"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSettings>,
+    /// Only for `protocol = "http"`; `None` means the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
 }
 
 /// How the gateway reaches a PostgreSQL target. Nothing here is secret: the admin
@@ -69,6 +76,71 @@ pub struct PostgresSettings {
     /// A CA (PEM) that the target's certificate must chain to; TLS is used
     /// upstream exactly when this is set.
     pub tls_ca: Option<PathBuf>,
+}
+
+/// How the gateway reaches an HTTP target and what it tells it. Nothing here is
+/// secret: a static credential is named by where to read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSettings {
+    /// Speak TLS to the target (an `https://` address).
+    #[serde(default)]
+    pub tls: bool,
+    /// A CA (PEM) the target's certificate must chain to; the system's CA
+    /// bundle when `None`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Send the signed assertion header.
+    #[serde(default = "yes")]
+    pub assertion: bool,
+    /// Headers rendered from the caller's identity; `None` means the defaults
+    /// (`X-Forwarded-User`, `X-Forwarded-Groups`).
+    #[serde(default)]
+    pub headers: Option<Vec<HeaderTemplate>>,
+    /// Sent as `Authorization`, replacing whatever the client sent.
+    #[serde(default)]
+    pub credential: Option<StaticCredential>,
+    /// Record request and response bodies, at most this many bytes of each per
+    /// request; `None` records none.
+    #[serde(default)]
+    pub record_bodies: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            tls: false,
+            tls_ca: None,
+            assertion: true,
+            headers: None,
+            credential: None,
+            record_bodies: None,
+        }
+    }
+}
+
+/// `name: value` where the value may hold `{user}`, `{email}`, `{groups}`,
+/// `{login}` and `{target}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderTemplate {
+    pub name: String,
+    pub value: String,
+}
+
+/// A vaulted credential the app knows the gateway by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticCredential {
+    Basic {
+        user: String,
+        password: SecretSource,
+    },
+    Bearer {
+        token: SecretSource,
+    },
 }
 
 /// Where a secret is read from at the moment it is needed.

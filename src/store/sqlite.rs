@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS users (
     disabled INTEGER NOT NULL DEFAULT 0,
     password_hash TEXT,
     totp_secret BLOB,
-    totp_last_step INTEGER NOT NULL DEFAULT -1
+    totp_last_step INTEGER NOT NULL DEFAULT -1,
+    email TEXT
 );
 CREATE TABLE IF NOT EXISTS user_groups (
     user_id INTEGER NOT NULL REFERENCES users(id),
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS targets (
     address TEXT NOT NULL,
     host_key TEXT NOT NULL,
     labels TEXT NOT NULL,
-    postgres TEXT
+    postgres TEXT,
+    http TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
@@ -169,6 +171,9 @@ fn target_from_row(row: &Row<'_>) -> rusqlite::Result<Target> {
         postgres: row
             .get::<_, Option<String>>(5)?
             .and_then(|json| serde_json::from_str(&json).ok()),
+        http: row
+            .get::<_, Option<String>>(6)?
+            .and_then(|json| serde_json::from_str(&json).ok()),
     })
 }
 
@@ -210,6 +215,24 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE targets ADD COLUMN postgres TEXT")
                 .map_err(db)?;
         }
+        Self::add_column(conn, "targets", "http")?;
+        Self::add_column(conn, "users", "email")?;
+        Ok(())
+    }
+
+    /// Adds a nullable TEXT column unless the table has it already.
+    fn add_column(conn: &Connection, table: &str, column: &str) -> Result<()> {
+        let present: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+                .map_err(db)?;
+        }
         Ok(())
     }
 
@@ -236,7 +259,7 @@ impl SqliteStore {
         clause: &str,
         arg: &dyn rusqlite::ToSql,
     ) -> Result<Option<User>> {
-        let sql = format!("SELECT id, name, admin, disabled FROM users WHERE {clause}");
+        let sql = format!("SELECT id, name, admin, disabled, email FROM users WHERE {clause}");
         let row = conn
             .query_row(&sql, [arg], |r| {
                 Ok((
@@ -244,17 +267,19 @@ impl SqliteStore {
                     r.get::<_, String>(1)?,
                     r.get(2)?,
                     r.get(3)?,
+                    r.get(4)?,
                 ))
             })
             .optional()
             .map_err(db)?;
-        row.map(|(id, name, admin, disabled)| {
+        row.map(|(id, name, admin, disabled, email)| {
             Ok(User {
                 id,
                 name,
                 groups: Self::groups(conn, id)?,
                 admin,
                 disabled,
+                email,
             })
         })
         .transpose()
@@ -285,8 +310,8 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
         tx.execute(
-            "INSERT INTO users (name, admin, password_hash, totp_secret) VALUES (?1, ?2, ?3, ?4)",
-            params![user.name, user.admin, user.password_hash, user.totp_secret],
+            "INSERT INTO users (name, admin, password_hash, totp_secret, email) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user.name, user.admin, user.password_hash, user.totp_secret, user.email],
         )
         .map_err(|e| conflict_or_db(e, format!("user {}", user.name)))?;
         let id = tx.last_insert_rowid();
@@ -446,10 +471,16 @@ impl Store for SqliteStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Database(e.to_string()))?;
+        let http = target
+            .http
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         self.lock()
             .execute(
-                "INSERT INTO targets (name, protocol, address, host_key, labels, postgres) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![target.name, target.protocol, target.address, target.host_key, labels, postgres],
+                "INSERT INTO targets (name, protocol, address, host_key, labels, postgres, http) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![target.name, target.protocol, target.address, target.host_key, labels, postgres, http],
             )
             .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
         Ok(())
@@ -458,7 +489,7 @@ impl Store for SqliteStore {
     async fn target(&self, name: &str) -> Result<Option<Target>> {
         self.lock()
             .query_row(
-                "SELECT name, protocol, address, host_key, labels, postgres FROM targets WHERE name = ?1",
+                "SELECT name, protocol, address, host_key, labels, postgres, http FROM targets WHERE name = ?1",
                 [name],
                 target_from_row,
             )
@@ -470,7 +501,7 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT name, protocol, address, host_key, labels, postgres FROM targets ORDER BY name",
+                "SELECT name, protocol, address, host_key, labels, postgres, http FROM targets ORDER BY name",
             )
             .map_err(db)?;
         let rows = stmt

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 
 pub mod pg;
+pub mod web;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 
@@ -298,6 +299,11 @@ impl Gateway {
     }
 
     pub fn add_user(&self, name: &str, groups: &[&str]) -> User {
+        self.add_user_with(name, groups, &[])
+    }
+
+    /// `add_user` with more `user add` options, e.g. `["--email", "e@x"]`.
+    pub fn add_user_with(&self, name: &str, groups: &[&str], extra: &[&str]) -> User {
         let home = self.path(&format!("home-{name}"));
         std::fs::create_dir_all(&home).expect("home");
         let key = home.join("id_ed25519");
@@ -311,6 +317,7 @@ impl Gateway {
         for g in groups {
             cmd.args(["--group", g]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -5,13 +5,21 @@
 //! anything claiming identity, given a signed assertion and forwarded.
 //!
 //! - `headers`: what is removed and added on the way through.
+//! - `inject`: what each target is told about the caller (assertion, header
+//!   templates, a vaulted static credential).
 //! - `upstream`: the [`Upstream`](crate::session::Upstream) impl and forwarding,
-//!   websockets included.
-//! - `sessions`: the per-user-and-target session cache.
+//!   websockets included; `tls`: plain or verified TLS connections to targets.
+//! - `exchange`: byte counts, optional bodies and the note each request records.
+//! - `sessions`: the per-user-and-target session cache; `tokens`: tokens
+//!   verified within the last second.
 
+mod exchange;
 mod handoff;
 mod headers;
+pub mod inject;
 mod sessions;
+pub mod tls;
+mod tokens;
 mod upstream;
 
 pub use handoff::{CALLBACK_PATH, Handoff};
@@ -25,15 +33,14 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use crate::identity;
 use crate::session::Pipeline;
 use crate::store::Store;
-use crate::time;
 
 pub struct HttpFront {
     store: Arc<dyn Store>,
     handoff: Arc<Handoff>,
     sessions: sessions::Sessions,
+    tokens: tokens::RecentTokens,
     upstream: HttpUpstream,
     apps_domain: String,
     /// The gateway's public HTTPS port, for redirects to its login page.
@@ -51,6 +58,7 @@ impl HttpFront {
     ) -> Self {
         HttpFront {
             sessions: sessions::Sessions::new(pipeline),
+            tokens: tokens::RecentTokens::default(),
             store,
             handoff,
             upstream,
@@ -96,9 +104,7 @@ impl HttpFront {
             .clone()
             .or_else(|| headers::session_cookie(req.headers()));
         let identity = match token {
-            Some(token) => identity::by_token(self.store.as_ref(), &token, time::now())
-                .await
-                .ok(),
+            Some(token) => self.tokens.identify(self.store.as_ref(), &token).await,
             None => None,
         };
         let Some(identity) = identity else {

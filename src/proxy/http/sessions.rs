@@ -4,6 +4,7 @@
 //! session that has ended is never reused.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -29,6 +30,15 @@ pub struct HttpSession {
     pub connection: HttpConnection,
     /// Open websockets; the session is sealed after they have recorded their end.
     pub websockets: tokio::sync::watch::Sender<usize>,
+    /// The last recording channel handed to a request's bodies.
+    channels: AtomicU32,
+}
+
+impl HttpSession {
+    /// A recording channel of its own for the next request's bodies.
+    pub fn next_channel(&self) -> u32 {
+        self.channels.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 pub struct Sessions {
@@ -74,6 +84,7 @@ impl Sessions {
             handle: established.session,
             connection: established.connection,
             websockets: tokio::sync::watch::channel(0).0,
+            channels: AtomicU32::new(0),
         });
         self.live
             .lock()

@@ -1,23 +1,26 @@
-//! Forwarding to the HTTP upstream: the pipeline's connect stage (reachability
-//! check and the session's assertion minter), and per request the rewritten
-//! request, a pooled upstream connection, a streamed response and one recording
-//! event. Websocket upgrades are relayed until either side closes or the
+//! Forwarding to the HTTP upstream: the pipeline's connect stage (one
+//! connection to check reachability and TLS, the session's assertion minter and
+//! injected headers), and per request the rewritten request, a pooled upstream
+//! connection, a streamed response and one recording event (`exchange`). Websocket upgrades are relayed until either side closes or the
 //! session ends.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::exchange::{self, BodyCapture, Counted, Direction, Exchange};
 use super::headers;
+use super::inject::Injection;
 use super::json_error;
 use super::sessions::HttpSession;
+use super::tls::{self, UpstreamConnector};
 use crate::credentials::{Credential, HttpCredential};
 use crate::session::{Upstream, UpstreamError};
 use crate::store::Target;
@@ -27,32 +30,84 @@ use crate::time;
 pub const ASSERTION_HEADER: &str = "x-drawbridge-assertion";
 
 pub struct HttpUpstream {
-    client: Client<HttpConnector, Body>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
 
 impl HttpUpstream {
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
         HttpUpstream {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector),
             connect_timeout,
             response_timeout,
+        }
+    }
+
+    /// Plain TCP, or TLS verified against the target's CA (the system bundle
+    /// when none is set).
+    fn connector(&self, target: &Target) -> Result<UpstreamConnector, UpstreamError> {
+        let Some(settings) = target.http.as_ref().filter(|s| s.tls) else {
+            return Ok(UpstreamConnector::plain(self.connect_timeout));
+        };
+        let ca = settings
+            .tls_ca
+            .as_deref()
+            .unwrap_or(Path::new(tls::SYSTEM_CA_BUNDLE));
+        let host = target
+            .address
+            .rsplit_once(':')
+            .map_or(target.address.as_str(), |(host, _)| host);
+        UpstreamConnector::tls(self.connect_timeout, ca, host).map_err(|reason| {
+            UpstreamError::Protocol {
+                target: target.name.clone(),
+                reason: format!("TLS setup: {reason}"),
+            }
+        })
+    }
+
+    /// Opens one connection (TLS handshake included), so an unreachable app or
+    /// a certificate that does not verify is a clear 502 at session start
+    /// rather than on some later request.
+    async fn probe(
+        &self,
+        target: &Target,
+        connector: &UpstreamConnector,
+        origin: &Uri,
+    ) -> Result<(), UpstreamError> {
+        match tokio::time::timeout(self.connect_timeout, connector.connect(origin.clone())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(match tls::tls_failure(e.as_ref()) {
+                Some(reason) => UpstreamError::Protocol {
+                    target: target.name.clone(),
+                    reason,
+                },
+                None => UpstreamError::Unreachable {
+                    target: target.name.clone(),
+                    address: target.address.clone(),
+                    reason: tls::describe(e.as_ref()),
+                },
+            }),
+            Err(_) => Err(UpstreamError::Timeout {
+                target: target.name.clone(),
+                address: target.address.clone(),
+                secs: self.connect_timeout.as_secs(),
+            }),
         }
     }
 }
 
 /// What a session needs to reach its upstream.
 pub struct HttpConnection {
+    /// `host:port` of the app, its `Host` header.
     address: String,
-    client: Client<HttpConnector, Body>,
+    /// `http://host:port` or `https://host:port`.
+    origin: String,
+    /// The session's own pool: its connections carry this target's TLS settings.
+    client: Client<UpstreamConnector, Body>,
     response_timeout: Duration,
     credential: HttpCredential,
+    injection: Injection,
+    /// Bytes of each body to record, when body recording is on.
+    record_bodies: Option<u64>,
     target: String,
 }
 
@@ -60,8 +115,6 @@ impl Upstream for HttpUpstream {
     type Connection = HttpConnection;
     const PROTOCOL: &'static str = "http";
 
-    /// Checks the upstream accepts connections, so an unreachable app is a clear
-    /// 502 at session start rather than on some later request.
     async fn connect(
         &self,
         target: &Target,
@@ -73,29 +126,32 @@ impl Upstream for HttpUpstream {
                 reason: "not an HTTP credential".into(),
             });
         };
-        let probe = tokio::net::TcpStream::connect(target.address.as_str());
-        match tokio::time::timeout(self.connect_timeout, probe).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(UpstreamError::Unreachable {
-                    target: target.name.clone(),
-                    address: target.address.clone(),
-                    reason: e.to_string(),
-                });
+        let connector = self.connector(target)?;
+        let origin = format!("{}://{}", connector.scheme(), target.address);
+        let origin_uri = Uri::try_from(origin.as_str()).map_err(|e| UpstreamError::Protocol {
+            target: target.name.clone(),
+            reason: format!("address {:?}: {e}", target.address),
+        })?;
+        self.probe(target, &connector, &origin_uri).await?;
+        let injection = Injection::for_session(target.http.as_ref(), &credential).map_err(|e| {
+            // The details may name a file; the client is only told where to look.
+            tracing::error!(target = %target.name, error = %e, "cannot prepare the injected headers");
+            UpstreamError::Protocol {
+                target: target.name.clone(),
+                reason: "the gateway cannot prepare its credential for this app (see the gateway log)"
+                    .into(),
             }
-            Err(_) => {
-                return Err(UpstreamError::Timeout {
-                    target: target.name.clone(),
-                    address: target.address.clone(),
-                    secs: self.connect_timeout.as_secs(),
-                });
-            }
-        }
+        })?;
         Ok(HttpConnection {
             address: target.address.clone(),
-            client: self.client.clone(),
+            origin,
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
             response_timeout: self.response_timeout,
             credential: *credential,
+            injection,
+            record_bodies: target.http.as_ref().and_then(|s| s.record_bodies),
             target: target.name.clone(),
         })
     }
@@ -108,42 +164,69 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// `GET /path?query` for the recording, sensitive query parameters masked.
+fn request_line(req: &Request<Incoming>) -> String {
+    match req.uri().query() {
+        Some(query) => format!(
+            "{} {}?{}",
+            req.method(),
+            req.uri().path(),
+            headers::mask_query(query)
+        ),
+        None => format!("{} {}", req.method(), req.uri().path()),
+    }
+}
+
+/// The gateway answers itself (an error page); the exchange records why.
+fn answer(exchange: &Exchange, status: StatusCode, message: &str) -> Response<Body> {
+    exchange.set_outcome(format!("-> {} ({message})", status.as_u16()));
+    exchange.delivered();
+    json_error(status, message)
+}
+
 pub async fn forward(
     mut req: Request<Incoming>,
     session: &HttpSession,
     consumed_bearer: bool,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let started = Instant::now();
     let conn = &session.connection;
     let upgrade = is_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(headers::mask_query);
+    let capture = conn.record_bodies.map(|limit| BodyCapture {
+        channel: session.next_channel(),
+        limit,
+    });
+    let exchange = Exchange::new(session.handle.clone(), request_line(&req), capture);
     let original_host = super::request_host(&req).to_string();
-    let request_bytes = content_length(req.headers());
 
-    let assertion = match conn.credential.assertion(time::now()) {
-        Ok(a) => a,
-        Err(e) => return json_error(StatusCode::FORBIDDEN, &e.to_string()),
+    let assertion = if conn.injection.assertion() {
+        match conn.credential.assertion(time::now()) {
+            Ok(a) => Some(a),
+            Err(e) => return answer(&exchange, StatusCode::FORBIDDEN, &e.to_string()),
+        }
+    } else {
+        None
     };
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = match Uri::try_from(format!("http://{}{path_and_query}", conn.address)) {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match Uri::try_from(format!("{}{path_and_query}", conn.origin)) {
         Ok(uri) => uri,
-        Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid request target"),
+        Err(_) => return answer(&exchange, StatusCode::BAD_REQUEST, "invalid request target"),
     };
     // Upstreams are spoken to in HTTP/1.1 whatever the client used (HTTP/2
     // downstream is common); the pooled client sets the framing.
     parts.version = hyper::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_client_credentials(&mut parts.headers, consumed_bearer);
-    inject(&mut parts.headers, conn, &assertion, &original_host, peer);
+    inject(
+        &mut parts.headers,
+        conn,
+        assertion.as_deref(),
+        &original_host,
+        peer,
+    );
+    let body = Counted::new(body, exchange.clone(), Direction::In);
     let upstream_req = Request::from_parts(parts, Body::new(body));
 
     let response = match tokio::time::timeout(
@@ -154,57 +237,40 @@ pub async fn forward(
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::info!(target = conn.target, error = %e, "upstream request failed");
-            return json_error(
-                StatusCode::BAD_GATEWAY,
-                &format!("target {} did not answer: {e}", conn.target),
-            );
+            let why = tls::describe(&e);
+            tracing::info!(target = conn.target, error = %why, "upstream request failed");
+            let message = format!("target {} did not answer: {why}", conn.target);
+            return answer(&exchange, StatusCode::BAD_GATEWAY, &message);
         }
         Err(_) => {
-            return json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "target {} did not answer within {}s",
-                    conn.target,
-                    conn.response_timeout.as_secs()
-                ),
+            let message = format!(
+                "target {} did not answer within {}s",
+                conn.target,
+                conn.response_timeout.as_secs()
             );
+            return answer(&exchange, StatusCode::GATEWAY_TIMEOUT, &message);
         }
     };
     let status = response.status();
-    let response_bytes = content_length(response.headers());
-    let _ = session.handle.record(|r| {
-        r.note(&format!(
-            "http {method} {path}{} -> {} (in {} B, out {} B, {} ms)",
-            query.map(|q| format!("?{q}")).unwrap_or_default(),
-            status.as_u16(),
-            request_bytes.map_or("?".into(), |b| b.to_string()),
-            response_bytes.map_or("?".into(), |b| b.to_string()),
-            started.elapsed().as_millis()
-        ))
-    });
+    exchange.set_outcome(format!("-> {}", status.as_u16()));
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) = (status, downstream_upgrade) {
+        exchange.delivered();
         return relay_websocket(response, downstream, session);
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    rewrite_location(&mut parts.headers, &conn.address, &original_host);
+    rewrite_location(&mut parts.headers, &conn.origin, &original_host);
+    if hyper::body::Body::is_end_stream(&body) {
+        exchange.delivered();
+    }
+    let body = Counted::new(body, exchange, Direction::Out);
     Response::from_parts(parts, Body::new(body))
-}
-
-fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn inject(
     headers: &mut hyper::HeaderMap,
     conn: &HttpConnection,
-    assertion: &str,
+    assertion: Option<&str>,
     host: &str,
     peer: SocketAddr,
 ) {
@@ -213,9 +279,9 @@ fn inject(
             headers.insert(name, v);
         }
     };
-    set(ASSERTION_HEADER, assertion.to_string());
-    set("x-forwarded-user", conn.credential.user().to_string());
-    set("x-forwarded-groups", conn.credential.groups().join(","));
+    if let Some(assertion) = assertion {
+        set(ASSERTION_HEADER, assertion.to_string());
+    }
     set("x-forwarded-for", peer.ip().to_string());
     set("x-forwarded-proto", "https".into());
     set("x-forwarded-host", host.to_string());
@@ -224,14 +290,15 @@ fn inject(
         format!("for=\"{}\";proto=https;host=\"{host}\"", peer.ip()),
     );
     set("host", conn.address.clone());
+    conn.injection.apply(headers);
 }
 
 /// An upstream redirect to its own address becomes one to the gateway's name.
-fn rewrite_location(headers: &mut hyper::HeaderMap, upstream: &str, public_host: &str) {
+fn rewrite_location(headers: &mut hyper::HeaderMap, origin: &str, public_host: &str) {
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
-    if let Some(rest) = location.strip_prefix(&format!("http://{upstream}"))
+    if let Some(rest) = location.strip_prefix(origin)
         && let Ok(v) = HeaderValue::from_str(&format!("https://{public_host}{rest}"))
     {
         headers.insert(header::LOCATION, v);
@@ -275,7 +342,7 @@ fn relay_websocket(
             },
             reason = live.ended() => format!("websocket closed: {reason}"),
         };
-        let _ = handle.record(|r| r.note(&format!("http {outcome}")));
+        exchange::record(&handle, |r| r.note(&format!("http {outcome}")));
     });
     Response::from_parts(parts, Body::empty())
 }

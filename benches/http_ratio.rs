@@ -1,0 +1,292 @@
+//! The HTTP gateway vs nginx as an HTTPS reverse proxy, measured in the same run
+//! on the same machine: `wrk` keep-alive GETs of a small static page over HTTPS,
+//! against an upstream nginx serving the file. Three rows: the upstream direct
+//! (plain HTTP, the ceiling), nginx `proxy_pass` (2 workers, keep-alive
+//! upstream), and the gateway authenticating a bearer token, checking the
+//! grant, injecting the assertion and recording every request. Prints requests
+//! per second, the ratio gateway/nginx, and p50/p99 latency.
+//!
+//! `cargo bench --bench http_ratio` (release). Needs `nginx` and `wrk`: installed
+//! with apt-get when missing and possible, otherwise the bench says so and
+//! skips. `BENCH_SECS` (default 10) per row, `BENCH_CONNS` (50) connections,
+//! `BENCH_THREADS` (2) wrk threads.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::web::{bearer, tls_files};
+use support::*;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// nginx and wrk, installed with apt-get if missing (as root); false if they
+/// cannot be had.
+fn tools_available() -> bool {
+    if have("nginx") && have("wrk") {
+        return true;
+    }
+    println!("http_ratio: installing nginx and wrk (apt-get install -y nginx wrk)");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "nginx", "wrk"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    installed && have("nginx") && have("wrk")
+}
+
+/// One nginx master with its own prefix, config and logs; stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(name: &str, body: impl Fn(u16) -> String) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("nginx.conf");
+        let temp = dir.path().display();
+        std::fs::write(
+            &config,
+            format!(
+                "daemon off;\nuser root;\npid {temp}/nginx.pid;\nerror_log {temp}/error.log warn;\n\
+                 {}\n",
+                body(port).replace(
+                    "TEMP_PATHS",
+                    &format!(
+                        "client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; \
+                         fastcgi_temp_path {temp}/fastcgi; uwsgi_temp_path {temp}/uwsgi; \
+                         scgi_temp_path {temp}/scgi;"
+                    )
+                )
+            ),
+        )
+        .expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&config)
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"))
+            .spawn()
+            .expect("nginx");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "{name} nginx did not start: {}{}",
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// What wrk measured.
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: String,
+}
+
+fn wrk(url: &str, headers: &[String], secs: u64) -> Run {
+    let (conns, threads) = (env_num("BENCH_CONNS", 50), env_num("BENCH_THREADS", 2));
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "--latency",
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &conns.to_string(),
+    ])
+    .args(["-d", &format!("{secs}s")]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let o = cmd.arg(url).output().expect("wrk");
+    let text = stdout(&o);
+    assert!(o.status.success(), "wrk failed: {text}{}", stderr(&o));
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps = field("Requests/sec:").and_then(|v| v.parse().ok());
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Run {
+        rps: rps.unwrap_or_else(|| panic!("no Requests/sec in: {text}")),
+        p50_ms: field("50%").map_or(f64::NAN, millis),
+        p99_ms: field("99%").map_or(f64::NAN, millis),
+        errors,
+    }
+}
+
+/// wrk's `1.23ms`, `456.00us`, `1.50s` in milliseconds.
+fn millis(v: &str) -> f64 {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let n: f64 = v[..split].parse().unwrap_or(f64::NAN);
+    match &v[split..] {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn upstream(page: &Path) -> Nginx {
+    let root = page.parent().expect("root").display().to_string();
+    Nginx::start("upstream", move |port| {
+        format!(
+            "worker_processes 2;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; TEMP_PATHS keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}"
+        )
+    })
+}
+
+fn nginx_proxy(upstream_port: u16, cert: &Path, key: &Path) -> Nginx {
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    Nginx::start("proxy", move |port| {
+        format!(
+            "worker_processes 2;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; TEMP_PATHS keepalive_requests 1000000;\n\
+             upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {cert}; ssl_certificate_key {key};\n\
+             location / {{ proxy_pass http://app; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; }} }} }}"
+        )
+    })
+}
+
+fn main() {
+    if !tools_available() {
+        println!(
+            "http_ratio: SKIPPED: needs nginx and wrk (apt-get install -y nginx wrk), which are not installed and could not be"
+        );
+        return;
+    }
+    let secs = env_num("BENCH_SECS", 10);
+    let work = tempfile::tempdir().expect("tempdir");
+    let page: PathBuf = work.path().join("site/index.html");
+    std::fs::create_dir_all(page.parent().expect("dir")).expect("site");
+    // A small page, like an admin API's JSON answer.
+    std::fs::write(&page, "x".repeat(612)).expect("page");
+    let (_, cert, key) = tls_files(work.path(), "proxy");
+    let upstream = upstream(&page);
+    let proxy = nginx_proxy(upstream.port, &cert, &key);
+
+    let w = World::new();
+    w.gateway.admin_ok(&[
+        "target",
+        "add",
+        "app",
+        "--protocol",
+        "http",
+        "--address",
+        &format!("127.0.0.1:{}", upstream.port),
+    ]);
+    w.alice.login_once();
+    w.bob.login_once();
+    let id = w.alice.request("app", "web", "1h");
+    assert!(w.bob.cli(&["approve", &id.to_string()]).status.success());
+    let port = w.gateway.api_addr.rsplit(':').next().expect("port");
+    let gateway_headers = vec![bearer(&w.alice), format!("Host: app.localhost:{port}")];
+    let gateway_url = format!("https://127.0.0.1:{port}/index.html");
+    let proxy_url = format!("https://127.0.0.1:{}/index.html", proxy.port);
+    let direct_url = format!("http://127.0.0.1:{}/index.html", upstream.port);
+
+    // Warm up: the gateway's session, TLS session caches, upstream pools.
+    for (url, headers) in [
+        (&direct_url, &vec![]),
+        (&proxy_url, &vec![]),
+        (&gateway_url, &gateway_headers),
+    ] {
+        wrk(url, headers, 2);
+    }
+    let started = Instant::now();
+    let direct = wrk(&direct_url, &[], secs);
+    let nginx = wrk(&proxy_url, &[], secs);
+    let cpu_before = w.gateway.cpu_seconds();
+    let gateway = wrk(&gateway_url, &gateway_headers, secs);
+    let cpu = w.gateway.cpu_seconds() - cpu_before;
+    assert!(
+        started.elapsed() < Duration::from_secs(secs * 3 + 120),
+        "benchmark exceeded its time bound"
+    );
+    println!(
+        "http_ratio: wrk {} connections, keep-alive, {}-byte page, {secs} s per row",
+        env_num("BENCH_CONNS", 50),
+        612
+    );
+    for (what, run) in [
+        ("upstream nginx direct (HTTP)", &direct),
+        ("nginx proxy_pass (HTTPS)", &nginx),
+        ("drawbridge (HTTPS)", &gateway),
+    ] {
+        println!(
+            "{what:<30} {:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {}",
+            run.rps, run.p50_ms, run.p99_ms, run.errors
+        );
+    }
+    println!(
+        "ratio drawbridge/nginx {:.2}   nginx/direct {:.2}   drawbridge/direct {:.2}",
+        gateway.rps / nginx.rps,
+        nginx.rps / direct.rps,
+        gateway.rps / direct.rps
+    );
+    println!(
+        "p99 added over direct: nginx {:.2} ms, drawbridge {:.2} ms",
+        nginx.p99_ms - direct.p99_ms,
+        gateway.p99_ms - direct.p99_ms
+    );
+    println!(
+        "gateway CPU: {cpu:.2} s for {:.0} requests ({:.1} µs per request)",
+        gateway.rps * secs as f64,
+        cpu * 1e6 / (gateway.rps * secs as f64)
+    );
+    assert!(
+        !w.gateway.log().contains("upstream request failed"),
+        "the gateway failed requests during the run"
+    );
+}
