@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::identity::{self, TotpSecret};
 use crate::proxy::ssh::parse_host_key;
 use crate::secret::Secret;
-use crate::store::{NewUser, PostgresSettings, SecretSource, SshKeyRow, Store, Target};
+use crate::store::{
+    NewUser, PostgresSettings, SecretSource, SshKeyRow, StaticLogin, Store, Target,
+};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -81,8 +83,8 @@ pub struct TargetAddArgs {
     labels: Vec<(String, String)>,
 }
 
-/// PostgreSQL targets only. The admin password is never stored: the gateway
-/// reads it from the variable or file each time it creates or drops a role.
+/// PostgreSQL targets only. Passwords are never stored: the gateway reads them
+/// from the variable or file each time it needs them.
 #[derive(Args)]
 pub struct PostgresTargetArgs {
     /// The role that creates and drops session roles (CREATEROLE, or superuser).
@@ -94,6 +96,16 @@ pub struct PostgresTargetArgs {
     /// File holding the admin password (first line).
     #[arg(long)]
     admin_password_file: Option<PathBuf>,
+    /// Static mode, where roles cannot be created: log in upstream as this role
+    /// (for grants on exactly this role) instead of making session roles.
+    #[arg(long, conflicts_with_all = ["admin_user", "admin_password_env", "admin_password_file"])]
+    static_user: Option<String>,
+    /// Environment variable (of the gateway process) holding the static role's password.
+    #[arg(long, conflicts_with = "static_password_file")]
+    static_password_env: Option<String>,
+    /// File holding the static role's password (first line).
+    #[arg(long)]
+    static_password_file: Option<PathBuf>,
     /// Database used when the client names none, and for admin connections.
     #[arg(long)]
     database: Option<String>,
@@ -102,26 +114,48 @@ pub struct PostgresTargetArgs {
     tls_ca: Option<PathBuf>,
 }
 
+/// `--X-password-env VAR` or `--X-password-file F` (made absolute).
+fn secret_source(env: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<SecretSource>> {
+    Ok(match (env, file) {
+        (Some(var), _) => Some(SecretSource::Env(var)),
+        (None, Some(path)) => Some(SecretSource::File(std::path::absolute(&path)?)),
+        (None, None) => None,
+    })
+}
+
 impl PostgresTargetArgs {
     fn is_empty(&self) -> bool {
         self.admin_user.is_none()
             && self.admin_password_env.is_none()
             && self.admin_password_file.is_none()
+            && self.static_user.is_none()
+            && self.static_password_env.is_none()
+            && self.static_password_file.is_none()
             && self.database.is_none()
             && self.tls_ca.is_none()
     }
 
     fn settings(self) -> anyhow::Result<PostgresSettings> {
-        let admin_user = self
-            .admin_user
-            .ok_or_else(|| anyhow::anyhow!("a PostgreSQL target needs --admin-user"))?;
-        let admin_password = match (self.admin_password_env, self.admin_password_file) {
-            (Some(var), _) => SecretSource::Env(var),
-            (None, Some(path)) => SecretSource::File(std::path::absolute(&path)?),
-            (None, None) => anyhow::bail!(
-                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+        let admin_password = secret_source(self.admin_password_env, self.admin_password_file)?;
+        let static_password = secret_source(self.static_password_env, self.static_password_file)?;
+        let static_login = match (self.static_user, static_password) {
+            (Some(user), Some(password)) => Some(StaticLogin { user, password }),
+            (Some(_), None) => anyhow::bail!(
+                "--static-user needs --static-password-env VAR or --static-password-file FILE"
             ),
+            (None, Some(_)) => anyhow::bail!("--static-password-* needs --static-user"),
+            (None, None) => None,
         };
+        if static_login.is_none() {
+            anyhow::ensure!(
+                self.admin_user.is_some(),
+                "a PostgreSQL target needs --admin-user (or --static-user where roles cannot be created)"
+            );
+            anyhow::ensure!(
+                admin_password.is_some(),
+                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+            );
+        }
         let tls_ca = match self.tls_ca {
             Some(ca) => {
                 // Checked now so a typo fails here, not at the first session.
@@ -131,10 +165,11 @@ impl PostgresTargetArgs {
             None => None,
         };
         Ok(PostgresSettings {
-            admin_user,
+            admin_user: self.admin_user,
             admin_password,
             database: self.database,
             tls_ca,
+            static_login,
         })
     }
 }
@@ -288,7 +323,7 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
         TargetCommand::Add(args) => {
             anyhow::ensure!(
                 args.postgres.is_empty(),
-                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres"
+                "--admin-user, --admin-password-*, --static-*, --database and --tls-ca need --protocol postgres"
             );
             add_target(store.as_ref(), args).await?
         }
@@ -326,6 +361,10 @@ async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::
     } else {
         "no TLS upstream"
     };
+    let login = match &settings.static_login {
+        Some(fixed) => format!("static login as {}", fixed.user),
+        None => "session roles".to_string(),
+    };
     store
         .create_target(Target {
             name: args.name.clone(),
@@ -336,6 +375,6 @@ async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::
             postgres: Some(settings),
         })
         .await?;
-    println!("created PostgreSQL target {} ({tls})", args.name);
+    println!("created PostgreSQL target {} ({tls}; {login})", args.name);
     Ok(())
 }

@@ -9,6 +9,7 @@ mod client;
 mod keys;
 mod policy;
 mod psql;
+mod service_account;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ enum Command {
     /// Manage targets (on the gateway host).
     #[command(subcommand)]
     Target(admin::TargetCommand),
+    /// Manage service accounts and their API tokens (on the gateway host).
+    #[command(subcommand)]
+    ServiceAccount(service_account::ServiceAccountCommand),
     /// Log in with password and TOTP; stores a short-lived token.
     Login(access::LoginArgs),
     /// Ask for time-boxed access to a target.
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::User(c) => admin::user(&config()?, c).await,
             Command::Target(c) => admin::target(&config()?, c).await,
+            Command::ServiceAccount(c) => service_account::service_account(&config()?, c).await,
             Command::Login(a) => access::login(a).await,
             Command::Request(a) => access::request(a).await,
             Command::Requests(a) => access::requests(a).await,

@@ -7,9 +7,12 @@
 //! audit tap records are held whole, up to [`TAP_LIMIT`]: Query, Parse, Bind,
 //! Execute and FunctionCall from the client, CommandComplete and ErrorResponse
 //! from the target. They go to the session recording as notes; a recording
-//! failure ends the session (fail closed).
+//! failure ends the session (fail closed). Sync and ReadyForQuery are watched
+//! (not recorded) to know when a statement is running, which the idle timeout
+//! does not count as idleness.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -18,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::Stream;
 use super::wire::{self, MAX_FRAME_LEN, WireError};
 use crate::recording::RecordingError;
-use crate::session::{EndReason, SessionHandle};
+use crate::session::{Activity, EndReason, SessionHandle};
 
 /// Bigger tapped frames pass unrecorded (with a note saying so), so one huge
 /// statement cannot make the gateway hold a huge buffer.
@@ -93,10 +96,13 @@ impl Scanner {
     }
 }
 
-/// What the tap writes, and the clock for statement durations.
+/// What the tap writes, the clock for statement durations, and how many
+/// requests (Query, FunctionCall, Sync) still wait for their ReadyForQuery.
 struct Tap<'a> {
     session: &'a SessionHandle,
     started: Mutex<Option<Instant>>,
+    waiting: AtomicU32,
+    activity: &'a Activity,
 }
 
 impl Tap<'_> {
@@ -109,6 +115,10 @@ impl Tap<'_> {
     }
 
     fn client(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        if matches!(tag, b'Q' | b'F' | b'S') {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.activity.set_busy(true);
+        }
         let body = match body {
             Ok(body) => body,
             Err(len) => {
@@ -159,6 +169,15 @@ impl Tap<'_> {
     }
 
     fn target_side(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        if tag == b'Z' {
+            let before = self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if before <= 1 {
+                // 0 too: a ReadyForQuery nobody asked for (none exists) must not wrap.
+                self.waiting.store(0, Ordering::Relaxed);
+                self.activity.set_busy(false);
+            }
+            return Ok(());
+        }
         let Ok(body) = body else { return Ok(()) };
         let took = self
             .started
@@ -185,12 +204,19 @@ fn text(body: &[u8]) -> (String, &[u8]) {
 
 /// Relays until either side closes or the session must end; returns the reason
 /// for the recording's seal.
-pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> String {
+pub async fn run(
+    downstream: Ends,
+    upstream: Ends,
+    session: &SessionHandle,
+    activity: &Activity,
+) -> String {
     let (mut down_read, mut down_write) = tokio::io::split(downstream.stream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream.stream);
     let tap = Tap {
         session,
         started: Mutex::new(None),
+        waiting: AtomicU32::new(0),
+        activity,
     };
     let mut to_client = Pump::default();
     let mut from_client_pump = Pump::default();
@@ -200,16 +226,18 @@ pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> S
             &mut down_read,
             &mut up_write,
             downstream.pending,
-            b"QPBEF",
+            b"QPBEFS",
             |t, b| tap.client(t, b),
+            activity,
             "client disconnected",
         );
         let from_target = to_client.run(
             &mut up_read,
             &mut down_write,
             upstream.pending,
-            b"CE",
+            b"CEZ",
             |t, b| tap.target_side(t, b),
+            activity,
             "the target closed the connection",
         );
         // All three are cancel-safe for our purpose: the losers are dropped, and
@@ -269,6 +297,7 @@ impl Pump {
         mut buf: BytesMut,
         tapped: &[u8],
         mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
+        activity: &Activity,
         closed: &str,
     ) -> End {
         loop {
@@ -292,7 +321,7 @@ impl Pump {
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
-                Ok(_) => {}
+                Ok(_) => activity.touch(),
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
         }
