@@ -56,10 +56,16 @@ struct Bench {
 fn pgbench(route: &Route, clients: usize, secs: usize, args: &[&str], log: Option<&Path>) -> Bench {
     let mut cmd = route.command("pgbench");
     cmd.args(["-n", "-S", "-T", &secs.to_string()])
-        .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
         .args(args);
     if let Some(prefix) = log {
-        cmd.arg("-l").arg(format!("--log-prefix={}", prefix.display()));
+        cmd.arg("-l")
+            .arg(format!("--log-prefix={}", prefix.display()));
     }
     let o = cmd.arg(&route.conninfo).output().expect("pgbench");
     assert!(o.status.success(), "{} pgbench: {}", route.name, stderr(&o));
@@ -75,11 +81,18 @@ fn pgbench(route: &Route, clients: usize, secs: usize, args: &[&str], log: Optio
 
 /// The third column of pgbench's per-transaction log: latency in µs.
 fn read_latencies(prefix: &Path) -> Vec<f64> {
-    let (dir, stem) = (prefix.parent().expect("dir"), prefix.file_name().expect("name"));
+    let (dir, stem) = (
+        prefix.parent().expect("dir"),
+        prefix.file_name().expect("name"),
+    );
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir).expect("log dir") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if !name.starts_with(&*stem.to_string_lossy()) {
             continue;
         }
@@ -255,7 +268,10 @@ fn main() {
     let pg = PgCluster::start();
     let direct = Route {
         name: "direct",
-        conninfo: format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.port),
+        conninfo: format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            pg.port
+        ),
         password: SUPERUSER_PASSWORD.into(),
     };
     let o = direct
@@ -275,9 +291,7 @@ fn main() {
     routes.push(&via_gateway);
     let logs = tempfile::tempdir().expect("tempdir");
 
-    println!(
-        "pg_ratio: {secs}s per run, scale {scale}, TLS on every leg, gateway recording on"
-    );
+    println!("pg_ratio: {secs}s per run, scale {scale}, TLS on every leg, gateway recording on");
     // Warm every route (caches, the gateway's admin connection) before measuring.
     for r in &routes {
         pgbench(r, 2, 1, &[], None);
@@ -296,8 +310,14 @@ fn main() {
             .collect();
         println!("{what:<36}{}   {}", cells.join(""), ratios.join(", "));
     };
-    for (what, args) in [("pgbench -S -c 8, simple (TPS)", &[][..]), ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..])] {
-        let tps: Vec<f64> = routes.iter().map(|r| pgbench(r, 8, secs, args, None).tps).collect();
+    for (what, args) in [
+        ("pgbench -S -c 8, simple (TPS)", &[][..]),
+        ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..]),
+    ] {
+        let tps: Vec<f64> = routes
+            .iter()
+            .map(|r| pgbench(r, 8, secs, args, None).tps)
+            .collect();
         row(what, &tps);
     }
     let mut means = Vec::new();

@@ -115,7 +115,10 @@ pub struct PostgresTargetArgs {
 }
 
 /// `--X-password-env VAR` or `--X-password-file F` (made absolute).
-fn secret_source(env: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<SecretSource>> {
+fn secret_source(
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<SecretSource>> {
     Ok(match (env, file) {
         (Some(var), _) => Some(SecretSource::Env(var)),
         (None, Some(path)) => Some(SecretSource::File(std::path::absolute(&path)?)),

@@ -44,11 +44,13 @@ pub struct PgRoleMinter {
 }
 
 /// Open admin connections by (target, database).
+type Pooled = HashMap<(String, String), Arc<Client>>;
+
 #[derive(Clone, Default)]
-struct AdminPool(Arc<Mutex<HashMap<(String, String), Arc<Client>>>>);
+struct AdminPool(Arc<Mutex<Pooled>>);
 
 impl AdminPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Client>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pooled> {
         // Entries are inserted and removed whole; a poisoned map is still consistent.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -139,7 +141,11 @@ pub fn role_name(user: &str, session_id: &str) -> String {
 }
 
 impl Admin {
-    fn for_target(target: &Target, timeout: Duration, pool: &AdminPool) -> Result<Admin, CredentialError> {
+    fn for_target(
+        target: &Target,
+        timeout: Duration,
+        pool: &AdminPool,
+    ) -> Result<Admin, CredentialError> {
         let settings = target.postgres.clone().ok_or_else(|| {
             mint_err(format!("target {} has no PostgreSQL settings", target.name))
         })?;
@@ -252,15 +258,22 @@ impl Admin {
         role: &str,
         heir: &str,
     ) -> Result<(), CredentialError> {
-        let terminate = "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1";
-        self.run(database, |c| async move { c.execute(terminate, &[&role]).await })
-            .await?;
+        let terminate =
+            "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1";
+        self.run(
+            database,
+            |c| async move { c.execute(terminate, &[&role]).await },
+        )
+        .await?;
         let (role, heir) = (quote_ident(role), quote_ident(heir));
         let statements =
             format!("REASSIGN OWNED BY {role} TO {heir}; DROP OWNED BY {role}; DROP ROLE {role}");
         let statements = statements.as_str();
-        self.run(database, |c| async move { c.batch_execute(statements).await })
-            .await
+        self.run(
+            database,
+            |c| async move { c.batch_execute(statements).await },
+        )
+        .await
     }
 }
 

@@ -295,11 +295,18 @@ mod tests {
             .await
             .expect("the token identifies the service account");
         assert_eq!(id.name(), "ci-bot");
-        assert!(by_token(&store, token.value().expose(), now + 60).await.is_err());
+        assert!(
+            by_token(&store, token.value().expose(), now + 60)
+                .await
+                .is_err()
+        );
         let person = issue_service_token(&store, "alice", 60, now).await;
         assert!(matches!(person, Err(IdentityError::NotServiceAccount(_))));
         let unknown = issue_service_token(&store, "nobody", 60, now).await;
-        assert!(matches!(unknown, Err(IdentityError::Store(StoreError::NotFound(_)))));
+        assert!(matches!(
+            unknown,
+            Err(IdentityError::Store(StoreError::NotFound(_)))
+        ));
         store
             .set_user_disabled("ci-bot", true, now)
             .await

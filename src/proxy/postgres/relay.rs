@@ -218,8 +218,8 @@ pub async fn run(
         waiting: AtomicU32::new(0),
         activity,
     };
-    let mut to_client = Pump::default();
-    let mut from_client_pump = Pump::default();
+    let mut to_client = Pump::new(activity);
+    let mut from_client_pump = Pump::new(activity);
     let mut live = session.live();
     let end = {
         let from_client = from_client_pump.run(
@@ -228,7 +228,6 @@ pub async fn run(
             downstream.pending,
             b"QPBEFS",
             |t, b| tap.client(t, b),
-            activity,
             "client disconnected",
         );
         let from_target = to_client.run(
@@ -237,7 +236,6 @@ pub async fn run(
             upstream.pending,
             b"CEZ",
             |t, b| tap.target_side(t, b),
-            activity,
             "the target closed the connection",
         );
         // All three are cancel-safe for our purpose: the losers are dropped, and
@@ -278,14 +276,24 @@ pub async fn run(
     reason
 }
 
-#[derive(Default)]
-struct Pump {
+/// One direction of the relay.
+struct Pump<'a> {
     scanner: Scanner,
     /// A write was started and not finished (the future was dropped mid-write).
     writing: bool,
+    /// Touched on every read, for the idle timeout.
+    activity: &'a Activity,
 }
 
-impl Pump {
+impl<'a> Pump<'a> {
+    fn new(activity: &'a Activity) -> Self {
+        Pump {
+            scanner: Scanner::default(),
+            writing: false,
+            activity,
+        }
+    }
+
     fn at_boundary(&self) -> bool {
         !self.writing && self.scanner.remaining == 0
     }
@@ -297,7 +305,6 @@ impl Pump {
         mut buf: BytesMut,
         tapped: &[u8],
         mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
-        activity: &Activity,
         closed: &str,
     ) -> End {
         loop {
@@ -321,7 +328,7 @@ impl Pump {
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
-                Ok(_) => activity.touch(),
+                Ok(_) => self.activity.touch(),
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
         }

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::wire::{self, Frame};
 use super::tls::{self, TargetTls};
+use super::wire::{self, Frame};
 use super::{Stream, UpstreamKey};
 use crate::credentials::{Credential, PgLogin};
 use crate::session::{Upstream, UpstreamError};
