@@ -921,3 +921,92 @@ fn static_login_targets_use_the_vaulted_role_for_grants_on_it_only() {
         "{listed}"
     );
 }
+
+#[test]
+fn service_account_tokens_are_postgres_passwords_under_a_grant() {
+    let w = PgWorld::new();
+    let created = w
+        .gateway
+        .admin_ok(&["service-account", "create", "ci-bot", "--group", "dev"]);
+    let token = created
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token printed")
+        .to_string();
+    // People get tokens only by logging in with password and TOTP.
+    let o = w.gateway.admin(&["service-account", "token", "alice"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("only service accounts"),
+        "{}",
+        stderr(&o)
+    );
+    // No password, no TOTP: no login.
+    let o = w.alice.cli_stdin(
+        &[
+            "login",
+            "--user",
+            "ci-bot",
+            "--server",
+            &w.alice.api,
+            "--ca-cert",
+            "data/keys/tls.crt",
+            "--password-stdin",
+            "--totp",
+            "000000",
+        ],
+        "anything\n",
+    );
+    assert!(!o.status.success(), "a service account cannot log in");
+
+    // Without a grant the token identifies the bot but opens nothing.
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT 1");
+    assert!(stderr(&o).contains("no active grant"), "{}", stderr(&o));
+
+    // The bot asks through the API with its token (DRAWBRIDGE_TOKEN), bob approves.
+    w.alice.login_once();
+    let home = w.gateway.path("home-ci-bot");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::copy(w.alice.home.join("cli/login.json"), home.join("login.json")).expect("copy");
+    let o = Command::new(BIN)
+        .args(["request", "pg-1", "--login", "app_rw", "--for", "30m"])
+        .args(["--reason", "nightly export"])
+        .current_dir(w.gateway.dir.path())
+        .env("DRAWBRIDGE_HOME", &home)
+        .env("DRAWBRIDGE_TOKEN", &token)
+        .env_remove("DRAWBRIDGE_CONFIG")
+        .output()
+        .expect("request");
+    assert!(o.status.success(), "request: {}", stderr(&o));
+    let id = stdout(&o)
+        .split_whitespace()
+        .nth(1)
+        .expect("request id")
+        .to_string();
+    w.bob.login_once();
+    let o = w.bob.cli(&["approve", &id]);
+    assert!(o.status.success(), "approve: {}", stderr(&o));
+    let requests = w.bob.cli(&["requests", "--all", "--json"]);
+    assert!(
+        stdout(&requests).contains("ci-bot"),
+        "{}",
+        stdout(&requests)
+    );
+
+    let o = w.psql_run(
+        "app_rw@pg-1",
+        &token,
+        "SELECT current_user LIKE 'drawbridge\\_ci\\_bot\\_%'",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "t");
+
+    // Disabling the account kills its tokens.
+    w.gateway.admin_ok(&["user", "disable", "ci-bot"]);
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT 1");
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+}
