@@ -7,9 +7,9 @@
 //! audit tap records are held whole, up to [`TAP_LIMIT`]: Query, Parse, Bind,
 //! Execute and FunctionCall from the client, CommandComplete and ErrorResponse
 //! from the target. They go to the session recording as notes; a recording
-//! failure ends the session (fail closed). Sync and ReadyForQuery are watched
-//! (not recorded) to know when a statement is running, which the idle timeout
-//! does not count as idleness.
+//! failure ends the session (fail closed). Sync, ReadyForQuery and the COPY IN
+//! hand-overs are watched (not recorded) to know when the target is working on
+//! something, which the idle timeout does not count as idleness.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -115,9 +115,14 @@ impl Tap<'_> {
     }
 
     fn client(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
-        if matches!(tag, b'Q' | b'F' | b'S') {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            self.activity.set_busy(true);
+        match tag {
+            b'Q' | b'F' | b'S' => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                self.activity.set_busy(true);
+            }
+            // CopyDone, CopyFail: the target works on the COPY again.
+            b'c' | b'f' => self.activity.set_busy(true),
+            _ => {}
         }
         let body = match body {
             Ok(body) => body,
@@ -169,6 +174,11 @@ impl Tap<'_> {
     }
 
     fn target_side(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        if tag == b'G' {
+            // CopyInResponse: now the target waits for the client, which may idle.
+            self.activity.set_busy(false);
+            return Ok(());
+        }
         if tag == b'Z' {
             let before = self.waiting.fetch_sub(1, Ordering::Relaxed);
             if before <= 1 {
@@ -226,7 +236,7 @@ pub async fn run(
             &mut down_read,
             &mut up_write,
             downstream.pending,
-            b"QPBEFS",
+            b"QPBEFScf",
             |t, b| tap.client(t, b),
             "client disconnected",
         );
@@ -234,7 +244,7 @@ pub async fn run(
             &mut up_read,
             &mut down_write,
             upstream.pending,
-            b"CEZ",
+            b"CEGZ",
             |t, b| tap.target_side(t, b),
             "the target closed the connection",
         );
