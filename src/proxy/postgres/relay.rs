@@ -11,8 +11,10 @@
 //! hand-overs are watched (not recorded) to know when the target is working on
 //! something, which the idle timeout does not count as idleness.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -27,6 +29,8 @@ use crate::session::{Activity, EndReason, SessionHandle};
 /// statement cannot make the gateway hold a huge buffer.
 pub const TAP_LIMIT: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes gathered from ready reads before they are written on.
+const BATCH_LIMIT: usize = 256 * 1024;
 
 /// One side of the relay: its stream and bytes already read from it.
 pub struct Ends {
@@ -317,6 +321,7 @@ impl<'a> Pump<'a> {
         mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
         closed: &str,
     ) -> End {
+        let mut at_end = false;
         loop {
             let n = match self.scanner.scan(&buf, tapped, &mut tap) {
                 Ok(n) => n,
@@ -335,14 +340,40 @@ impl<'a> Pump<'a> {
                 self.writing = false;
                 buf.advance(n);
             }
+            if at_end {
+                return End::Closed(closed.to_string());
+            }
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
                 Ok(_) => self.activity.touch(),
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
+            match gather(from, &mut buf).await {
+                Ok(open) => at_end = !open,
+                Err(e) => return End::Closed(format!("{closed}: {e}")),
+            }
         }
     }
+}
+
+/// Reads what `from` has ready without waiting, until [`BATCH_LIMIT`] bytes
+/// are buffered. A TLS stream hands out one record (at most 16 KiB) per read;
+/// gathering what already arrived makes fewer, bigger writes (and TLS records)
+/// toward the other side. Returns false at the end of the stream.
+async fn gather(from: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<bool> {
+    while buf.len() < BATCH_LIMIT {
+        buf.reserve(READ_CHUNK);
+        // Polled once: `read_buf` is cancel-safe, a pending read took no bytes.
+        let mut read = std::pin::pin!(from.read_buf(buf));
+        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Pending => return Ok(true),
+            Poll::Ready(Ok(0)) => return Ok(false),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
