@@ -278,6 +278,23 @@ fn psql_queries_and_copies_through_an_ephemeral_role_that_lives_only_during_the_
         "1,one\n2,two\n3,three\n4,four\n"
     );
 
+    // Every session so far created and dropped its role through one pooled admin
+    // connection; when it breaks (here: terminated), the next session gets a new one.
+    let admins =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'drawbridge-admin'";
+    assert_eq!(w.pg.sql(admins), "1", "one pooled admin connection");
+    w.pg.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'drawbridge-admin'",
+    );
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT count(*) FROM items");
+    assert!(
+        o.status.success(),
+        "after the admin connection broke: {}",
+        stderr(&o)
+    );
+    assert_eq!(w.pg.sql(admins), "1", "replaced, not added");
+
     // Large objects: psql's \lo_import and \lo_export speak FunctionCall ('F').
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let (blob_in, blob_out) = (w.gateway.path("blob.in"), w.gateway.path("blob.out"));
