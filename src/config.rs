@@ -112,6 +112,10 @@ pub struct PostgresConfig {
     /// admin connections that create and drop session roles.
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
+    /// A session that carried no byte for this long, with no statement running,
+    /// is ended with a FATAL error saying so; "0s" turns it off.
+    #[serde(with = "serde_duration")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +225,7 @@ impl Default for PostgresConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             allow_plaintext_loopback: false,
             connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -109,9 +109,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         access.clone(),
         SshCertificateAuthority::new(keys.user_ca.clone(), config.ssh.upstream_cert_ttl),
         http_signer.clone(),
-        PgRoleMinter {
-            connect_timeout: config.postgres.connect_timeout,
-        },
+        PgRoleMinter::new(config.postgres.connect_timeout),
         RecordingSetup {
             dir: config.recordings_dir.clone(),
             key: keys.recording.clone(),
@@ -148,8 +146,7 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
         pipeline.clone(),
         store.clone(),
         &tls,
-        config.postgres.allow_plaintext_loopback,
-        config.postgres.connect_timeout,
+        &config.postgres,
     ));
     let handoff = Arc::new(Handoff::default());
     let router = api::router(Arc::new(ApiState {

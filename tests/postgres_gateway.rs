@@ -21,7 +21,10 @@ struct PgWorld {
 
 impl PgWorld {
     fn new() -> PgWorld {
-        let gateway = Gateway::start();
+        PgWorld::with_gateway(Gateway::start())
+    }
+
+    fn with_gateway(gateway: Gateway) -> PgWorld {
         let pg = PgCluster::start();
         pg.sql(
             "CREATE ROLE app_rw NOLOGIN; CREATE ROLE app_ro NOLOGIN; \
@@ -62,8 +65,12 @@ impl PgWorld {
 
     /// alice asks for `role` on pg-1, bob approves; returns the grant id.
     fn grant(&self, role: &str, duration: &str) -> i64 {
+        self.grant_on("pg-1", role, duration)
+    }
+
+    fn grant_on(&self, target: &str, role: &str, duration: &str) -> i64 {
         self.alice.login_once();
-        let id = self.alice.request("pg-1", role, duration);
+        let id = self.alice.request(target, role, duration);
         self.bob.login_once();
         let o = self.bob.cli(&["approve", &id.to_string()]);
         assert!(o.status.success(), "approve: {}", stderr(&o));
@@ -122,16 +129,81 @@ impl PgWorld {
         user: &str,
         token: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let ca = self.gateway.path("data/keys/tls.crt");
-        let tls = drawbridge::proxy::postgres::tls::MakeRustls(
-            drawbridge::proxy::postgres::tls::client_config(&ca).expect("gateway CA"),
-        );
-        let conninfo = format!("{} password={token}", self.conninfo(user, "require"));
-        let (client, connection) = tokio_postgres::connect(&conninfo, tls).await?;
-        tokio::spawn(connection);
+        let (client, _) = self.connect(user, token, "", self.gateway_tls()).await?;
         Ok(client)
     }
+
+    /// A TLS config trusting the gateway's certificate.
+    fn gateway_tls(&self) -> rustls::ClientConfig {
+        let ca = self.gateway.path("data/keys/tls.crt");
+        (*drawbridge::proxy::postgres::tls::client_config(&ca).expect("gateway CA")).clone()
+    }
+
+    /// tokio-postgres with `extra` conninfo and `tls`; also returns the
+    /// connection's task, which ends with the error that closed it.
+    async fn connect(
+        &self,
+        user: &str,
+        token: &str,
+        extra: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        let tls = drawbridge::proxy::postgres::tls::MakeRustls(std::sync::Arc::new(tls));
+        let conninfo = format!(
+            "{} password={token} {extra}",
+            self.conninfo(user, "require")
+        );
+        let (client, connection) = tokio_postgres::connect(&conninfo, tls).await?;
+        Ok((client, tokio::spawn(connection)))
+    }
+
+    /// Registers another PostgreSQL target `name` at `address` (env=prod, TLS
+    /// verified) with `login` flags: the admin role, or a static login.
+    fn add_target(&self, name: &str, address: &str, login: &[&str]) {
+        let mut args = vec!["target", "add", name, "--protocol", "postgres"];
+        args.extend(["--address", address, "--database", "postgres"]);
+        args.extend(["--tls-ca", self.pg.cert.to_str().expect("utf-8")]);
+        args.extend(["--label", "env=prod"]);
+        args.extend(login);
+        self.gateway.admin_ok(&args);
+    }
+
+    /// The admin flags of pg-1: the cluster's superuser, password in a file.
+    fn admin_flags(&self) -> Vec<String> {
+        let pw = self.gateway.path("pg-admin-password");
+        vec![
+            "--admin-user".into(),
+            "postgres".into(),
+            "--admin-password-file".into(),
+            pw.display().to_string(),
+        ]
+    }
+
+    /// The notes of each recording, in the order they were recorded.
+    fn notes(&self) -> Vec<Vec<String>> {
+        use drawbridge::recording::proto::record::Body;
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.gateway.path("recordings")).expect("recordings") {
+            let Ok(rec) = drawbridge::recording::read_file(&entry.expect("entry").path()) else {
+                continue;
+            };
+            let notes = rec.records.iter().filter_map(|r| match &r.body {
+                Some(Body::Note(note)) => Some(note.text.clone()),
+                _ => None,
+            });
+            all.push(notes.collect());
+        }
+        all
+    }
 }
+
+/// The server's message in a driver error (its Display says only "db error").
+fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map_or_else(|| err.to_string(), |db| db.message().to_string())
+}
+
+type Connection = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -206,6 +278,40 @@ fn psql_queries_and_copies_through_an_ephemeral_role_that_lives_only_during_the_
         "1,one\n2,two\n3,three\n4,four\n"
     );
 
+    // Every session so far created and dropped its role through one pooled admin
+    // connection; when it breaks (here: terminated), the next session gets a new one.
+    let admins =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'drawbridge-admin'";
+    assert_eq!(w.pg.sql(admins), "1", "one pooled admin connection");
+    w.pg.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'drawbridge-admin'",
+    );
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT count(*) FROM items");
+    assert!(
+        o.status.success(),
+        "after the admin connection broke: {}",
+        stderr(&o)
+    );
+    assert_eq!(w.pg.sql(admins), "1", "replaced, not added");
+
+    // Large objects: psql's \lo_import and \lo_export speak FunctionCall ('F').
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let (blob_in, blob_out) = (w.gateway.path("blob.in"), w.gateway.path("blob.out"));
+    std::fs::write(&blob_in, &blob).expect("blob");
+    let o = w
+        .psql("app_rw@pg-1", &token, "require")
+        .args(["-c", &format!("\\lo_import '{}'", blob_in.display())])
+        .args([
+            "-c",
+            &format!("\\lo_export :LASTOID '{}'", blob_out.display()),
+        ])
+        .output()
+        .expect("psql");
+    assert!(o.status.success(), "large objects: {}", stderr(&o));
+    assert!(stdout(&o).starts_with("lo_import "), "{}", stdout(&o));
+    assert!(std::fs::read(&blob_out).expect("exported") == blob);
+
     // The role exists while a session is open, and is gone after it.
     let mut session = w
         .psql("app_rw@pg-1", &token, "require")
@@ -234,6 +340,7 @@ fn psql_queries_and_copies_through_an_ephemeral_role_that_lives_only_during_the_
     );
     assert!(recorded.contains("complete: INSERT 0 2"), "{recorded}");
     assert!(recorded.contains("items FROM STDIN CSV"), "{recorded}");
+    assert!(recorded.contains("function call oid"), "{recorded}");
     let verify = w.gateway.admin(&["verify"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
@@ -444,4 +551,479 @@ fn leftover_roles_are_swept_when_the_gateway_starts() {
     let _ = second.kill();
     let _ = second.wait();
     assert!(swept, "leftover role swept: {:?}", w.pg.drawbridge_roles());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_pipeline_queries_use_binary_formats_and_direct_tls() {
+    let w = PgWorld::new();
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let client = w.client("app_rw@pg-1", &token).await.expect("connect");
+
+    // Pipelining: three statements in flight at once, answered in order.
+    let slow = client
+        .prepare("SELECT pg_sleep(0.3)::text || $1::text")
+        .await
+        .expect("prepare");
+    let double = client
+        .prepare("SELECT $1::int4 * 2")
+        .await
+        .expect("prepare");
+    let (a, b, c) = tokio::join!(
+        client.query_one(&slow, &[&"slow"]),
+        client.query_one(&double, &[&21i32]),
+        client.query_one(&double, &[&5i32]),
+    );
+    assert_eq!(a.expect("a").get::<_, String>(0), "slow");
+    assert_eq!(b.expect("b").get::<_, i32>(0), 42);
+    assert_eq!(c.expect("c").get::<_, i32>(0), 10);
+
+    // Binary formats both ways (tokio-postgres binds and reads typed values in
+    // binary), including a parameter too large for the audit tap to hold.
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 256) as u8).collect();
+    let words = vec!["a".to_string(), "b, \"c\"".to_string()];
+    let row = client
+        .query_one(
+            "SELECT $1::int8, $2::float8, $3::bytea, $4::bool, $5::text[], $6::int4[]",
+            &[
+                &i64::MIN,
+                &-1.5f64,
+                &bytes,
+                &true,
+                &words,
+                &vec![1i32, -2, 3],
+            ],
+        )
+        .await
+        .expect("binary round trip");
+    assert_eq!(row.get::<_, i64>(0), i64::MIN);
+    assert_eq!(row.get::<_, f64>(1), -1.5);
+    assert!(row.get::<_, Vec<u8>>(2) == bytes, "bytea intact");
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, Vec<String>>(4), words);
+    assert_eq!(row.get::<_, Vec<i32>>(5), [1, -2, 3]);
+    drop(client);
+
+    // PostgreSQL 17 direct TLS: the handshake starts at once, with ALPN.
+    let mut alpn = w.gateway_tls();
+    alpn.alpn_protocols = vec![b"postgresql".to_vec()];
+    let (direct, _) = w
+        .connect("app_rw@pg-1", &token, "sslnegotiation=direct", alpn)
+        .await
+        .expect("direct TLS");
+    let row = direct.query_one("SELECT 7", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 7);
+    drop(direct);
+    // Without ALPN a direct TLS connection could be another protocol's: refused.
+    let err = w
+        .connect(
+            "app_rw@pg-1",
+            &token,
+            "sslnegotiation=direct",
+            w.gateway_tls(),
+        )
+        .await
+        .map(|_| ())
+        .expect_err("refused without ALPN");
+    assert_eq!(err.code().map(|c| c.code()), Some("08P01"), "{err}");
+    assert!(db_message(&err).contains("ALPN"), "{err:?}");
+
+    // The recording shows the three executions sent before the first answer.
+    assert!(wait_until(Duration::from_secs(10), || {
+        w.recordings().matches("client disconnected").count() >= 2
+    }));
+    let notes = w
+        .notes()
+        .into_iter()
+        .find(|n| n.iter().any(|t| t.contains("pg_sleep(0.3)")))
+        .expect("the pipelining session's recording");
+    let prepared = notes
+        .iter()
+        .position(|t| t.starts_with("parse") && t.contains("$1::int4 * 2"))
+        .expect("the second statement's parse");
+    let after = &notes[prepared..];
+    let third_execute = after
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.starts_with("execute"))
+        .nth(2)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("three executes: {after:#?}"));
+    let first_complete = after
+        .iter()
+        .position(|t| t.starts_with("complete"))
+        .expect("complete");
+    assert!(third_execute < first_complete, "{after:#?}");
+    assert!(
+        notes.iter().any(|t| t.contains("too large to record")),
+        "{notes:#?}"
+    );
+}
+
+#[test]
+fn an_expired_grant_ends_a_running_query_with_a_fatal_error() {
+    let w = PgWorld::new();
+    let grant = w.grant("app_rw", "6s");
+    let token = w.token(&w.alice);
+    let o = w
+        .psql("app_rw@pg-1", &token, "require")
+        .args(["-c", "SELECT pg_sleep(60)"])
+        .output()
+        .expect("psql");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("grant {grant} expired")), "{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || w
+            .pg
+            .drawbridge_roles()
+            .is_empty()),
+        "role dropped when the grant ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ephemeral_role_cannot_log_in_after_valid_until() {
+    let mut w = PgWorld::new();
+    let grant = w.grant("app_rw", "15s");
+    let token = w.token(&w.alice);
+    let client = w.client("app_rw@pg-1", &token).await.expect("connect");
+    let row = client
+        .query_one(
+            "SELECT current_user::text, extract(epoch FROM rolvaliduntil)::int8 \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("valid until");
+    let (role, valid_until): (String, i64) = (row.get(0), row.get(1));
+    let o = w.alice.cli(&["grants", "--mine", "--json"]);
+    let grants: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("grants");
+    let grant_end = grants
+        .iter()
+        .find(|g| g["id"] == grant)
+        .and_then(|g| g["grant_end"].as_i64())
+        .expect("grant end");
+    assert_eq!(valid_until, grant_end, "VALID UNTIL is the grant's end");
+
+    // Only the gateway knows the role's password; the superuser gives it one the
+    // test knows (and room for a second connection), leaving VALID UNTIL alone.
+    w.pg.sql(&format!(
+        "ALTER ROLE {role} PASSWORD 'known-to-the-test' CONNECTION LIMIT 5"
+    ));
+    let direct = || {
+        Command::new("psql")
+            .arg(w.pg.url(&role, "postgres"))
+            .args(["-X", "-At", "-c", "SELECT current_user"])
+            .env("PGPASSWORD", "known-to-the-test")
+            .output()
+            .expect("psql")
+    };
+    let o = direct();
+    assert!(o.status.success(), "before expiry: {}", stderr(&o));
+
+    // The gateway dies without cleaning up, as in a crash: the role stays.
+    w.gateway.kill9();
+    drop(client);
+    assert!(wait_until(Duration::from_secs(30), || unix_now() > valid_until));
+    assert!(w.pg.drawbridge_roles().contains(&role));
+    let o = direct();
+    assert!(!o.status.success(), "after expiry: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        w.pg.log()
+            .contains(&format!("User \"{role}\" has an expired password")),
+        "{}",
+        w.pg.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_end_with_a_fatal_error_but_running_queries_do_not() {
+    let w = PgWorld::with_gateway(Gateway::start_with_postgres("idle_timeout = \"2s\""));
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let (client, connection) = w
+        .connect("app_rw@pg-1", &token, "", w.gateway_tls())
+        .await
+        .expect("connect");
+    // Longer than the limit, but a running statement is not idleness.
+    client
+        .simple_query("SELECT pg_sleep(3)")
+        .await
+        .expect("a long query is not idle");
+    let closed = tokio::time::timeout(Duration::from_secs(20), connection)
+        .await
+        .expect("the idle session ends")
+        .expect("join");
+    let err = closed.expect_err("ended by the gateway");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+    assert!(
+        db_message(&err).contains("session idle for 2s, the limit"),
+        "{err:?}"
+    );
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    assert!(wait_until(Duration::from_secs(10), || w
+        .recordings()
+        .contains("session idle for 2s")));
+}
+
+/// A TCP forwarder that keeps the first 8 bytes each connection sent, to see
+/// how the gateway talks to the target. It forwards everything unchanged.
+struct Observer {
+    port: u16,
+    firsts: std::sync::Arc<std::sync::Mutex<Vec<[u8; 8]>>>,
+}
+
+impl Observer {
+    fn start(upstream: u16) -> Observer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let firsts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = firsts.clone();
+        std::thread::spawn(move || {
+            for mut down in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut first = [0u8; 8];
+                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    if down.read_exact(&mut first).is_err() || up.write_all(&first).is_err() {
+                        return;
+                    }
+                    seen.lock().expect("lock").push(first);
+                    let (mut down2, mut up2) = (
+                        down.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || std::io::copy(&mut up2, &mut down2));
+                    let _ = std::io::copy(&mut down, &mut up);
+                    let _ = up.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Observer { port, firsts }
+    }
+
+    fn firsts(&self) -> Vec<[u8; 8]> {
+        self.firsts.lock().expect("lock").clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_reach_a_tls_target_over_tls() {
+    let w = PgWorld::new();
+    let observer = Observer::start(w.pg.port);
+    let address = format!("127.0.0.1:{}", observer.port);
+    let admin = w.admin_flags();
+    let admin: Vec<&str> = admin.iter().map(String::as_str).collect();
+    w.add_target("pg-watched", &address, &admin);
+    w.grant_on("pg-watched", "app_rw", "30m");
+    let token = w.token(&w.alice);
+    let client = w
+        .client("app_rw@pg-watched", &token)
+        .await
+        .expect("connect");
+    let before = observer.firsts().len();
+
+    let cancel = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tls = drawbridge::proxy::postgres::tls::MakeRustls(std::sync::Arc::new(w.gateway_tls()));
+    cancel.cancel_query(tls).await.expect("cancel sent");
+    let err = sleeper
+        .await
+        .expect("join")
+        .map(|_| ())
+        .expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+
+    let firsts = observer.firsts();
+    assert!(
+        firsts.len() > before,
+        "the cancel went through the observer"
+    );
+    // SSLRequest (80877103) opens every connection, the cancel's included; a
+    // CancelRequest (80877102) in clear would start with [0, 0, 0, 16].
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    assert!(firsts.iter().all(|f| *f == ssl_request), "{firsts:?}");
+}
+
+#[test]
+fn static_login_targets_use_the_vaulted_role_for_grants_on_it_only() {
+    let w = PgWorld::new();
+    let secret = "static-Secret-4815162342";
+    w.pg.sql(&format!(
+        "CREATE ROLE app_static LOGIN PASSWORD '{secret}'; GRANT SELECT ON items TO app_static"
+    ));
+    let pw = w.gateway.path("static-password");
+    std::fs::write(&pw, format!("{secret}\n")).expect("password file");
+    let pw = pw.to_str().expect("utf-8");
+    let address = format!("127.0.0.1:{}", w.pg.port);
+
+    // Bad combinations are refused with a clear message.
+    let base = [
+        "target",
+        "add",
+        "bad",
+        "--protocol",
+        "postgres",
+        "--address",
+        &address,
+    ];
+    let o = w
+        .gateway
+        .admin(&[&base[..], &["--static-user", "app_static"]].concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--static-password-file"),
+        "{}",
+        stderr(&o)
+    );
+    let both = [
+        "--static-user",
+        "app_static",
+        "--static-password-file",
+        pw,
+        "--admin-user",
+        "postgres",
+    ];
+    let o = w.gateway.admin(&[&base[..], &both].concat());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+
+    w.add_target(
+        "pg-static",
+        &address,
+        &["--static-user", "app_static", "--static-password-file", pw],
+    );
+    w.grant_on("pg-static", "app_static", "30m");
+    let token = w.token(&w.alice);
+    let o = w.psql_run(
+        "app_static@pg-static",
+        &token,
+        "SELECT current_user, count(*) FROM items",
+    );
+    assert!(o.status.success(), "{}\n{}", stderr(&o), w.gateway.log());
+    assert_eq!(stdout(&o).trim(), "app_static|0");
+    assert!(w.pg.drawbridge_roles().is_empty(), "no session role made");
+
+    // Still grant-checked: no grant, and a grant on another role, are refused.
+    let o = w.psql_run("app_rw@pg-static", &token, "SELECT 1");
+    assert!(stderr(&o).contains("no active grant"), "{}", stderr(&o));
+    w.grant_on("pg-static", "app_rw", "30m");
+    let o = w.psql_run("app_rw@pg-static", &token, "SELECT 1");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("logs in only as app_static"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Recorded like any session; the secret is nowhere but in its file.
+    assert!(wait_until(Duration::from_secs(10), || w
+        .recordings()
+        .contains("query: SELECT current_user, count(*) FROM items")));
+    assert!(!w.gateway.log().contains(secret));
+    assert!(!w.recordings().contains(secret));
+    let listed = w.gateway.admin_ok(&["target", "list", "--json"]);
+    assert!(
+        !listed.contains(secret) && listed.contains("static_login"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn service_account_tokens_are_postgres_passwords_under_a_grant() {
+    let w = PgWorld::new();
+    let created = w
+        .gateway
+        .admin_ok(&["service-account", "create", "ci-bot", "--group", "dev"]);
+    let token = created
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token printed")
+        .to_string();
+    // People get tokens only by logging in with password and TOTP.
+    let o = w.gateway.admin(&["service-account", "token", "alice"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("only service accounts"),
+        "{}",
+        stderr(&o)
+    );
+    // No password, no TOTP: no login.
+    let o = w.alice.cli_stdin(
+        &[
+            "login",
+            "--user",
+            "ci-bot",
+            "--server",
+            &w.alice.api,
+            "--ca-cert",
+            "data/keys/tls.crt",
+            "--password-stdin",
+            "--totp",
+            "000000",
+        ],
+        "anything\n",
+    );
+    assert!(!o.status.success(), "a service account cannot log in");
+
+    // Without a grant the token identifies the bot but opens nothing.
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT 1");
+    assert!(stderr(&o).contains("no active grant"), "{}", stderr(&o));
+
+    // The bot asks through the API with its token (DRAWBRIDGE_TOKEN), bob approves.
+    w.alice.login_once();
+    let home = w.gateway.path("home-ci-bot");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::copy(w.alice.home.join("cli/login.json"), home.join("login.json")).expect("copy");
+    let o = Command::new(BIN)
+        .args(["request", "pg-1", "--login", "app_rw", "--for", "30m"])
+        .args(["--reason", "nightly export"])
+        .current_dir(w.gateway.dir.path())
+        .env("DRAWBRIDGE_HOME", &home)
+        .env("DRAWBRIDGE_TOKEN", &token)
+        .env_remove("DRAWBRIDGE_CONFIG")
+        .output()
+        .expect("request");
+    assert!(o.status.success(), "request: {}", stderr(&o));
+    let id = stdout(&o)
+        .split_whitespace()
+        .nth(1)
+        .expect("request id")
+        .to_string();
+    w.bob.login_once();
+    let o = w.bob.cli(&["approve", &id]);
+    assert!(o.status.success(), "approve: {}", stderr(&o));
+    let requests = w.bob.cli(&["requests", "--all", "--json"]);
+    assert!(
+        stdout(&requests).contains("ci-bot"),
+        "{}",
+        stdout(&requests)
+    );
+
+    let o = w.psql_run(
+        "app_rw@pg-1",
+        &token,
+        "SELECT current_user LIKE 'drawbridge\\_ci\\_bot\\_%'",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "t");
+
+    // Disabling the account kills its tokens.
+    w.gateway.admin_ok(&["user", "disable", "ci-bot"]);
+    let o = w.psql_run("app_rw@pg-1", &token, "SELECT 1");
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
 }

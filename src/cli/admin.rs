@@ -15,7 +15,7 @@ use crate::proxy::ssh::{HostVerification, known_hosts_name};
 use crate::secret::Secret;
 use crate::store::{
     HeaderTemplate, HttpSettings, NewUser, PostgresSettings, SecretSource, SshKeyRow,
-    StaticCredential, Store, Target,
+    StaticCredential, StaticLogin, Store, Target,
 };
 
 #[derive(Subcommand)]
@@ -99,8 +99,8 @@ pub struct TargetAddArgs {
     labels: Vec<(String, String)>,
 }
 
-/// PostgreSQL targets only. The admin password is never stored: the gateway
-/// reads it from the variable or file each time it creates or drops a role.
+/// PostgreSQL targets only. Passwords are never stored: the gateway reads them
+/// from the variable or file each time it needs them.
 #[derive(Args)]
 pub struct PostgresTargetArgs {
     /// The role that creates and drops session roles (CREATEROLE, or superuser).
@@ -112,6 +112,16 @@ pub struct PostgresTargetArgs {
     /// File holding the admin password (first line).
     #[arg(long)]
     admin_password_file: Option<PathBuf>,
+    /// Static mode, where roles cannot be created: log in upstream as this role
+    /// (for grants on exactly this role) instead of making session roles.
+    #[arg(long, conflicts_with_all = ["admin_user", "admin_password_env", "admin_password_file"])]
+    static_user: Option<String>,
+    /// Environment variable (of the gateway process) holding the static role's password.
+    #[arg(long, conflicts_with = "static_password_file")]
+    static_password_env: Option<String>,
+    /// File holding the static role's password (first line).
+    #[arg(long)]
+    static_password_file: Option<PathBuf>,
     /// Database used when the client names none, and for admin connections.
     #[arg(long)]
     database: Option<String>,
@@ -120,26 +130,51 @@ pub struct PostgresTargetArgs {
     tls_ca: Option<PathBuf>,
 }
 
+/// `--X-password-env VAR` or `--X-password-file F` (made absolute).
+fn secret_source(
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<SecretSource>> {
+    Ok(match (env, file) {
+        (Some(var), _) => Some(SecretSource::Env(var)),
+        (None, Some(path)) => Some(SecretSource::File(std::path::absolute(&path)?)),
+        (None, None) => None,
+    })
+}
+
 impl PostgresTargetArgs {
     fn is_empty(&self) -> bool {
         self.admin_user.is_none()
             && self.admin_password_env.is_none()
             && self.admin_password_file.is_none()
+            && self.static_user.is_none()
+            && self.static_password_env.is_none()
+            && self.static_password_file.is_none()
             && self.database.is_none()
             && self.tls_ca.is_none()
     }
 
     fn settings(self) -> anyhow::Result<PostgresSettings> {
-        let admin_user = self
-            .admin_user
-            .ok_or_else(|| anyhow::anyhow!("a PostgreSQL target needs --admin-user"))?;
-        let admin_password = match (self.admin_password_env, self.admin_password_file) {
-            (Some(var), _) => SecretSource::Env(var),
-            (None, Some(path)) => SecretSource::File(std::path::absolute(&path)?),
-            (None, None) => anyhow::bail!(
-                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+        let admin_password = secret_source(self.admin_password_env, self.admin_password_file)?;
+        let static_password = secret_source(self.static_password_env, self.static_password_file)?;
+        let static_login = match (self.static_user, static_password) {
+            (Some(user), Some(password)) => Some(StaticLogin { user, password }),
+            (Some(_), None) => anyhow::bail!(
+                "--static-user needs --static-password-env VAR or --static-password-file FILE"
             ),
+            (None, Some(_)) => anyhow::bail!("--static-password-* needs --static-user"),
+            (None, None) => None,
         };
+        if static_login.is_none() {
+            anyhow::ensure!(
+                self.admin_user.is_some(),
+                "a PostgreSQL target needs --admin-user (or --static-user where roles cannot be created)"
+            );
+            anyhow::ensure!(
+                admin_password.is_some(),
+                "a PostgreSQL target needs --admin-password-env VAR or --admin-password-file FILE"
+            );
+        }
         let tls_ca = match self.tls_ca {
             Some(ca) => {
                 // Checked now so a typo fails here, not at the first session.
@@ -149,10 +184,11 @@ impl PostgresTargetArgs {
             None => None,
         };
         Ok(PostgresSettings {
-            admin_user,
+            admin_user: self.admin_user,
             admin_password,
             database: self.database,
             tls_ca,
+            static_login,
         })
     }
 }
@@ -275,17 +311,6 @@ fn http_address(address: &str, has_ca: bool) -> anyhow::Result<(String, bool)> {
         format!("{rest}:{default_port}")
     };
     Ok((address, tls))
-}
-
-fn secret_source(
-    env: Option<String>,
-    file: Option<PathBuf>,
-) -> anyhow::Result<Option<SecretSource>> {
-    Ok(match (env, file) {
-        (Some(var), _) => Some(SecretSource::Env(var)),
-        (None, Some(path)) => Some(SecretSource::File(std::path::absolute(&path)?)),
-        (None, None) => None,
-    })
 }
 
 fn static_credential(
@@ -527,7 +552,7 @@ pub async fn target(config: &Config, command: TargetCommand) -> anyhow::Result<E
         TargetCommand::Add(args) => {
             anyhow::ensure!(
                 args.postgres.is_empty(),
-                "--admin-user, --admin-password-*, --database and --tls-ca need --protocol postgres (--tls-ca also suits --protocol http)"
+                "--admin-user, --admin-password-*, --static-*, --database and --tls-ca need --protocol postgres (--tls-ca also suits --protocol http)"
             );
             anyhow::ensure!(
                 args.http.is_empty(),
@@ -577,6 +602,10 @@ async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::
     } else {
         "no TLS upstream"
     };
+    let login = match &settings.static_login {
+        Some(fixed) => format!("static login as {}", fixed.user),
+        None => "session roles".to_string(),
+    };
     store
         .create_target(Target {
             name: args.name.clone(),
@@ -588,7 +617,7 @@ async fn add_postgres_target(store: &dyn Store, args: TargetAddArgs) -> anyhow::
             http: None,
         })
         .await?;
-    println!("created PostgreSQL target {} ({tls})", args.name);
+    println!("created PostgreSQL target {} ({tls}; {login})", args.name);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod keys;
 mod policy;
 mod psql;
+mod service_account;
 mod ssh_cert;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per run; boxing the big variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (SSH and HTTPS listeners).
@@ -44,6 +47,9 @@ enum Command {
     /// Manage targets (on the gateway host).
     #[command(subcommand)]
     Target(admin::TargetCommand),
+    /// Manage service accounts and their API tokens (on the gateway host).
+    #[command(subcommand)]
+    ServiceAccount(service_account::ServiceAccountCommand),
     /// Log in with password and TOTP; stores a short-lived token and has your SSH
     /// key signed for the day.
     Login(access::LoginArgs),
@@ -128,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::User(c) => admin::user(&config()?, c).await,
             Command::Target(c) => admin::target(&config()?, c).await,
+            Command::ServiceAccount(c) => service_account::service_account(&config()?, c).await,
             Command::Login(a) => access::login(a).await,
             Command::Request(a) => access::request(a).await,
             Command::Requests(a) => access::requests(a).await,

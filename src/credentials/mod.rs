@@ -10,13 +10,16 @@ mod pg_role;
 mod ssh_cert;
 
 pub use http_assertion::{AssertionSigner, HttpCredential, MAX_TTL_SECS};
-pub use pg_role::{EphemeralRole, PgRoleMinter, quote_ident, quote_literal, role_name};
+pub use pg_role::{PgLogin, PgRoleMinter, quote_ident, quote_literal, role_name};
 pub use ssh_cert::{SshCertificateAuthority, SshCredential};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error("cannot mint credential: {0}")]
     Mint(String),
+    /// The target cannot serve this grant (the engineer's side: ask for another).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A minted upstream credential, one variant per kind of upstream.
@@ -26,6 +29,6 @@ pub enum CredentialError {
 pub enum Credential {
     Ssh(Box<SshCredential>),
     Http(Box<HttpCredential>),
-    /// A role created on the target for this session only.
-    Postgres(EphemeralRole),
+    /// A role created on the target for this session only, or its static one.
+    Postgres(PgLogin),
 }

@@ -1,6 +1,7 @@
-//! Ephemeral PostgreSQL roles: one per session, made through the target's admin
-//! connection, known only to the gateway, dropped when the session ends.
+//! The login the gateway uses on a PostgreSQL target, one per session.
 //!
+//! Ephemeral role mode (the default): made through the target's admin
+//! connection, known only to the gateway, dropped when the session ends.
 //! `CREATE ROLE drawbridge_<user>_<id> LOGIN PASSWORD '<SCRAM verifier>' VALID
 //! UNTIL '<grant end>' CONNECTION LIMIT 1 IN ROLE <granted role>`. The password
 //! is sent as a SCRAM verifier computed here, so the plaintext never leaves the
@@ -13,7 +14,18 @@
 //! OWNED BY` it (its remaining privileges), `DROP ROLE`. Roles left by a crash
 //! are swept at gateway start. Needs PostgreSQL 14+ (`pg_terminate_backend`
 //! with a timeout) and an admin role that may create and drop roles.
+//!
+//! Admin connections are pooled: one per target and database, shared by every
+//! session (tokio-postgres pipelines concurrent statements on it), replaced
+//! when it breaks.
+//!
+//! Static mode, for targets where roles cannot be created: the target names one
+//! role and where its password is (variable or file, read at each login, never
+//! stored or logged); a grant for exactly that role logs in as it.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::{Client, Config, NoTls};
@@ -22,12 +34,36 @@ use super::CredentialError;
 use crate::access::Authorization;
 use crate::proxy::postgres::tls::{MakeRustls, client_config};
 use crate::secret::Secret;
-use crate::store::{PostgresSettings, Target};
+use crate::store::{PostgresSettings, SecretSource, StaticLogin, Target};
 use crate::time::{self, UnixTime};
 
-/// Makes ephemeral roles on PostgreSQL targets.
+/// Makes the upstream logins of PostgreSQL targets.
 pub struct PgRoleMinter {
-    pub connect_timeout: Duration,
+    connect_timeout: Duration,
+    pool: AdminPool,
+}
+
+/// Open admin connections by (target, database).
+type Pooled = HashMap<(String, String), Arc<Client>>;
+
+#[derive(Clone, Default)]
+struct AdminPool(Arc<Mutex<Pooled>>);
+
+impl AdminPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pooled> {
+        // Entries are inserted and removed whole; a poisoned map is still consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, target: &str, database: &str) -> Option<Arc<Client>> {
+        let key = (target.to_string(), database.to_string());
+        self.lock().get(&key).filter(|c| !c.is_closed()).cloned()
+    }
+
+    fn put(&self, target: &str, database: &str, client: Arc<Client>) {
+        let key = (target.to_string(), database.to_string());
+        self.lock().insert(key, client);
+    }
 }
 
 /// How to open an admin connection to one target.
@@ -36,14 +72,18 @@ struct Admin {
     target: String,
     host: String,
     port: u16,
+    user: String,
+    password: SecretSource,
     settings: PostgresSettings,
     timeout: Duration,
+    pool: AdminPool,
 }
 
-/// A role that exists on the target for one session. Dropped on the target by
-/// [`EphemeralRole::drop_role`]; if that is never called (an error path), dropping
-/// this value schedules the same cleanup, and the start-up sweep is the last net.
-pub struct EphemeralRole {
+/// The role the gateway logs in as for one session. An ephemeral one is
+/// dropped on the target by [`PgLogin::release`]; if that is never called (an
+/// error path), dropping this value schedules the same cleanup, and the
+/// start-up sweep is the last net. A static one has nothing to clean up.
+pub struct PgLogin {
     pub name: String,
     pub password: Secret<String>,
     granted: String,
@@ -51,11 +91,12 @@ pub struct EphemeralRole {
     admin: Option<Admin>,
 }
 
-impl std::fmt::Debug for EphemeralRole {
+impl std::fmt::Debug for PgLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EphemeralRole")
+        f.debug_struct("PgLogin")
             .field("name", &self.name)
             .field("granted", &self.granted)
+            .field("ephemeral", &self.admin.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -100,10 +141,22 @@ pub fn role_name(user: &str, session_id: &str) -> String {
 }
 
 impl Admin {
-    fn for_target(target: &Target, timeout: Duration) -> Result<Admin, CredentialError> {
+    fn for_target(
+        target: &Target,
+        timeout: Duration,
+        pool: &AdminPool,
+    ) -> Result<Admin, CredentialError> {
         let settings = target.postgres.clone().ok_or_else(|| {
             mint_err(format!("target {} has no PostgreSQL settings", target.name))
         })?;
+        let (Some(user), Some(password)) =
+            (settings.admin_user.clone(), settings.admin_password.clone())
+        else {
+            return Err(mint_err(format!(
+                "target {} has no admin role to create session roles with",
+                target.name
+            )));
+        };
         let (host, port) = target
             .address
             .rsplit_once(':')
@@ -118,8 +171,11 @@ impl Admin {
             target: target.name.clone(),
             host,
             port,
+            user,
+            password,
             settings,
             timeout,
+            pool: pool.clone(),
         })
     }
 
@@ -130,16 +186,15 @@ impl Admin {
             .unwrap_or_else(|| "postgres".into())
     }
 
-    /// A fresh admin connection. Not pooled: it is used twice per session (create,
-    /// drop), which is cheap next to the session itself.
+    /// A new admin connection to `database`.
     async fn connect(&self, database: &str) -> Result<Client, CredentialError> {
         // Read at use time, never stored or logged; the error names the source only.
-        let password = self.settings.admin_password.read().map_err(mint_err)?;
+        let password = self.password.read().map_err(mint_err)?;
         let mut config = Config::new();
         config
             .host(&self.host)
             .port(self.port)
-            .user(&self.settings.admin_user)
+            .user(&self.user)
             .password(password.expose())
             .dbname(database)
             .application_name("drawbridge-admin")
@@ -165,6 +220,37 @@ impl Admin {
         Ok(client)
     }
 
+    /// The pooled connection to `database`, opened when there is none or the
+    /// last one broke.
+    async fn client(&self, database: &str) -> Result<Arc<Client>, CredentialError> {
+        if let Some(client) = self.pool.get(&self.target, database) {
+            return Ok(client);
+        }
+        let client = Arc::new(self.connect(database).await?);
+        self.pool.put(&self.target, database, client.clone());
+        Ok(client)
+    }
+
+    /// Runs `work` on the pooled connection. If the connection turns out to be
+    /// broken (the server restarted, a proxy dropped it), it is replaced and
+    /// `work` runs once more: every admin statement here is safe to repeat
+    /// after a failure, as a broken connection commits nothing.
+    async fn run<T, F, Fut>(&self, database: &str, work: F) -> Result<T, CredentialError>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let client = self.client(database).await?;
+        match work(client.clone()).await {
+            Err(e) if client.is_closed() => {
+                tracing::info!(target = %self.target, error = %e, "admin connection broke; reconnecting");
+                let client = self.client(database).await?;
+                work(client).await.map_err(mint_err)
+            }
+            result => result.map_err(mint_err),
+        }
+    }
+
     /// Ends the role's sessions, hands what it owns to `heir`, drops it.
     async fn drop_role(
         &self,
@@ -172,49 +258,67 @@ impl Admin {
         role: &str,
         heir: &str,
     ) -> Result<(), CredentialError> {
-        let client = self.connect(database).await?;
-        client
-            .execute(
-                "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1",
-                &[&role],
-            )
-            .await
-            .map_err(mint_err)?;
+        let terminate =
+            "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1";
+        self.run(
+            database,
+            |c| async move { c.execute(terminate, &[&role]).await },
+        )
+        .await?;
         let (role, heir) = (quote_ident(role), quote_ident(heir));
-        client
-            .batch_execute(&format!(
-                "REASSIGN OWNED BY {role} TO {heir}; DROP OWNED BY {role}; DROP ROLE {role}"
-            ))
-            .await
-            .map_err(mint_err)
+        let statements =
+            format!("REASSIGN OWNED BY {role} TO {heir}; DROP OWNED BY {role}; DROP ROLE {role}");
+        let statements = statements.as_str();
+        self.run(
+            database,
+            |c| async move { c.batch_execute(statements).await },
+        )
+        .await
     }
 }
 
 impl PgRoleMinter {
-    /// Creates the session's role on the target, member of the granted role,
-    /// valid until the grant ends (an hour when policy allowed access without one).
+    pub fn new(connect_timeout: Duration) -> PgRoleMinter {
+        PgRoleMinter {
+            connect_timeout,
+            pool: AdminPool::default(),
+        }
+    }
+
+    /// The session's upstream login: the target's static one, or a new role on
+    /// the target, member of the granted role, valid until the grant ends (an
+    /// hour when policy allowed access without one).
     pub async fn mint(
         &self,
         auth: &Authorization,
         session_id: &str,
         now: UnixTime,
-    ) -> Result<EphemeralRole, CredentialError> {
-        let admin = Admin::for_target(auth.target(), self.connect_timeout)?;
+    ) -> Result<PgLogin, CredentialError> {
+        let fixed = auth
+            .target()
+            .postgres
+            .as_ref()
+            .and_then(|s| s.static_login.as_ref());
+        if let Some(fixed) = fixed {
+            return static_login(auth, fixed);
+        }
+        let admin = Admin::for_target(auth.target(), self.connect_timeout, &self.pool)?;
         let name = role_name(auth.identity().name(), session_id);
         let random = crate::keys::random_bytes::<24>().map_err(mint_err)?;
         let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let valid_until = auth.grant().map(|g| g.ends_at()).unwrap_or(now + 3600);
         let database = admin.default_database();
-        let client = admin.connect(&database).await?;
-        client
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {} CONNECTION LIMIT 1 IN ROLE {}",
-                quote_ident(&name),
-                quote_literal(&verifier),
-                quote_literal(&time::format(valid_until)),
-                quote_ident(auth.login()),
-            ))
+        let create = format!(
+            "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {} CONNECTION LIMIT 1 IN ROLE {}",
+            quote_ident(&name),
+            quote_literal(&verifier),
+            quote_literal(&time::format(valid_until)),
+            quote_ident(auth.login()),
+        );
+        let create = create.as_str();
+        admin
+            .run(&database, |c| async move { c.batch_execute(create).await })
             .await
             .map_err(|e| {
                 mint_err(format!(
@@ -223,7 +327,7 @@ impl PgRoleMinter {
                 ))
             })?;
         tracing::info!(target = %admin.target, role = %name, granted = auth.login(), "ephemeral role created");
-        Ok(EphemeralRole {
+        Ok(PgLogin {
             name,
             password: Secret::new(password),
             granted: auth.login().to_string(),
@@ -236,19 +340,15 @@ impl PgRoleMinter {
     /// that stopped without cleaning up. Roles in use are left alone, so a second
     /// gateway's live sessions survive this one's start. Returns how many went.
     pub async fn sweep(&self, target: &Target) -> Result<usize, CredentialError> {
-        let admin = Admin::for_target(target, self.connect_timeout)?;
+        let admin = Admin::for_target(target, self.connect_timeout, &self.pool)?;
         let database = admin.default_database();
-        let client = admin.connect(&database).await?;
-        let rows = client
-            .query(
-                "SELECT r.rolname::text, coalesce((SELECT g.rolname::text FROM pg_auth_members m \
-                 JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid LIMIT 1), current_user::text) \
-                 FROM pg_roles r WHERE r.rolname LIKE 'drawbridge\\_%' \
-                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)",
-                &[],
-            )
-            .await
-            .map_err(mint_err)?;
+        let leftovers = "SELECT r.rolname::text, coalesce((SELECT g.rolname::text FROM pg_auth_members m \
+             JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid LIMIT 1), current_user::text) \
+             FROM pg_roles r WHERE r.rolname LIKE 'drawbridge\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)";
+        let rows = admin
+            .run(&database, |c| async move { c.query(leftovers, &[]).await })
+            .await?;
         let mut dropped = 0;
         for row in rows {
             let (role, heir): (String, String) = (row.get(0), row.get(1));
@@ -263,14 +363,39 @@ impl PgRoleMinter {
     }
 }
 
-impl EphemeralRole {
+/// The target's one static role, for a grant on exactly that role.
+fn static_login(auth: &Authorization, fixed: &StaticLogin) -> Result<PgLogin, CredentialError> {
+    let target = &auth.target().name;
+    if auth.login() != fixed.user {
+        return Err(CredentialError::Unavailable(format!(
+            "target {target} logs in only as {user} (a static credential): request access with --login {user}",
+            user = fixed.user
+        )));
+    }
+    // The error names where the secret should be, never the secret.
+    let password = fixed
+        .password
+        .read()
+        .map_err(|e| mint_err(format!("static password of target {target}: {e}")))?;
+    tracing::info!(%target, role = %fixed.user, "static login used");
+    Ok(PgLogin {
+        name: fixed.user.clone(),
+        password,
+        granted: fixed.user.clone(),
+        database: String::new(),
+        admin: None,
+    })
+}
+
+impl PgLogin {
     /// The database the session logged in to: where `REASSIGN/DROP OWNED` must run.
     pub fn set_database(&mut self, database: &str) {
         self.database = database.to_string();
     }
 
-    /// Terminates the role's backend and drops the role (see the module docs).
-    pub async fn drop_role(mut self) {
+    /// At session end: terminates an ephemeral role's backend and drops the
+    /// role (see the module docs). A static login has nothing to release.
+    pub async fn release(mut self) {
         if let Some(admin) = self.admin.take() {
             drop_logged(
                 admin,
@@ -292,9 +417,9 @@ async fn drop_logged(admin: Admin, database: String, role: String, heir: String)
     }
 }
 
-impl Drop for EphemeralRole {
+impl Drop for PgLogin {
     fn drop(&mut self) {
-        // Only on paths that never reached `drop_role` (a failed login, a session
+        // Only on paths that never reached `release` (a failed login, a session
         // that could not start). Outside a runtime the start-up sweep cleans up.
         if let (Some(admin), Ok(rt)) = (self.admin.take(), tokio::runtime::Handle::try_current()) {
             let args = (

@@ -65,6 +65,9 @@ pub enum IdentityError {
     CertificatePrincipals(String),
     #[error("certificate refused: it names {0}, who is not a Drawbridge user")]
     CertificateUser(String),
+    /// Tokens for people come only from a password and TOTP login.
+    #[error("{0} logs in with a password and TOTP: only service accounts get tokens this way")]
+    NotServiceAccount(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -188,6 +191,26 @@ pub async fn issue_token(
     Ok(token.with_expiry(expires_at))
 }
 
+/// A token for the service account `name`: a user with no password and no TOTP
+/// secret, who therefore cannot log in on the web page or with `drawbridge
+/// login`. Issued by an admin on the gateway host; only its hash is stored.
+pub async fn issue_service_token(
+    store: &dyn Store,
+    name: &str,
+    ttl_secs: i64,
+    now: UnixTime,
+) -> Result<LoginToken, IdentityError> {
+    let creds = store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("user {name}")))?;
+    if creds.password_hash.is_some() || creds.totp_secret.is_some() {
+        return Err(IdentityError::NotServiceAccount(name.to_string()));
+    }
+    let identity = enabled(creds.user, "service-account")?;
+    issue_token(store, &identity, ttl_secs, now).await
+}
+
 /// Re-reads the user, for checks long after the identity was made (live sessions).
 pub async fn still_enabled(store: &dyn Store, identity: &Identity) -> Result<bool, StoreError> {
     Ok(store
@@ -274,5 +297,49 @@ mod tests {
             .await
             .expect("disable");
         assert!(by_token(&store, &value, now + 1).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn service_tokens_only_for_users_without_password_or_totp() {
+        let store = SqliteStore::in_memory().expect("store");
+        alice(&store, &TotpSecret::generate().expect("secret")).await;
+        store
+            .create_user(NewUser {
+                name: "ci-bot".into(),
+                groups: vec![],
+                admin: false,
+                email: None,
+                password_hash: None,
+                totp_secret: None,
+                ssh_keys: vec![],
+            })
+            .await
+            .expect("create");
+        let now = 1_700_000_000;
+        let token = issue_service_token(&store, "ci-bot", 60, now)
+            .await
+            .expect("token");
+        let id = by_token(&store, token.value().expose(), now + 1)
+            .await
+            .expect("the token identifies the service account");
+        assert_eq!(id.name(), "ci-bot");
+        assert!(
+            by_token(&store, token.value().expose(), now + 60)
+                .await
+                .is_err()
+        );
+        let person = issue_service_token(&store, "alice", 60, now).await;
+        assert!(matches!(person, Err(IdentityError::NotServiceAccount(_))));
+        let unknown = issue_service_token(&store, "nobody", 60, now).await;
+        assert!(matches!(
+            unknown,
+            Err(IdentityError::Store(StoreError::NotFound(_)))
+        ));
+        store
+            .set_user_disabled("ci-bot", true, now)
+            .await
+            .expect("disable");
+        let disabled = issue_service_token(&store, "ci-bot", 60, now).await;
+        assert!(matches!(disabled, Err(IdentityError::Disabled(_))));
     }
 }

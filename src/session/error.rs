@@ -67,6 +67,7 @@ impl SessionError {
         match self {
             SessionError::Access(AccessError::Store(_)) => Side::Internal,
             SessionError::Access(_) => Side::Downstream,
+            SessionError::Credential(CredentialError::Unavailable(_)) => Side::Downstream,
             SessionError::Upstream(_) => Side::Upstream,
             _ => Side::Internal,
         }

@@ -3,10 +3,12 @@
 //! so every protocol's relay stops and tells the client why.
 //!
 //! Relays call [`Activity::touch`] for every chunk they pass; that is one
-//! relaxed atomic store, cheap enough for the bulk-data path.
+//! relaxed atomic store, cheap enough for the bulk-data path. A relay that knows
+//! a statement is running (PostgreSQL) marks the session busy: waiting for a
+//! long query is not idleness.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,6 +19,7 @@ use super::{EndReason, SessionHandle};
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    busy: AtomicBool,
 }
 
 impl Default for Activity {
@@ -24,6 +27,7 @@ impl Default for Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
         }
     }
 }
@@ -32,6 +36,11 @@ impl Activity {
     pub fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the target is working on something the client waits for.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -71,6 +80,11 @@ pub async fn enforce_limits(session: SessionHandle, activity: Arc<Activity>, lim
         }
         // Activity may have moved the idle deadline while we slept: re-check.
         if idle_at.is_some() && now >= activity.last() + limits.idle_timeout {
+            if activity.busy.load(Ordering::Relaxed) {
+                // A running statement: count it as activity and look again later.
+                activity.touch();
+                continue;
+            }
             session.end(EndReason::Idle(limits.idle_timeout));
             return;
         }

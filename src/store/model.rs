@@ -66,16 +66,31 @@ pub struct Target {
 
 /// How the gateway reaches a PostgreSQL target. Nothing here is secret: the admin
 /// password is named by where to read it, and read only when it is used.
+///
+/// A target has either an admin role (ephemeral session roles) or a static
+/// login; both fields are optional only so that the JSON can hold either.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresSettings {
     /// The role that creates and drops the ephemeral session roles.
-    pub admin_user: String,
-    pub admin_password: SecretSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<SecretSource>,
     /// Used when the client names no database, and for admin connections.
     pub database: Option<String>,
     /// A CA (PEM) that the target's certificate must chain to; TLS is used
     /// upstream exactly when this is set.
     pub tls_ca: Option<PathBuf>,
+    /// Log in as this role instead of making session roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_login: Option<StaticLogin>,
+}
+
+/// A vaulted upstream login for targets where roles cannot be created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticLogin {
+    pub user: String,
+    pub password: SecretSource,
 }
 
 /// How the gateway reaches an HTTP target and what it tells it. Nothing here is

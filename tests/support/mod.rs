@@ -183,6 +183,11 @@ impl Gateway {
         Gateway::start_configured("", ssh_extra)
     }
 
+    /// A gateway whose config's `[postgres]` section ends with `pg_extra` (TOML lines).
+    pub fn start_with_postgres(pg_extra: &str) -> Gateway {
+        Gateway::start_configured("", &format!("{PG_EXTRA_MARK}{pg_extra}"))
+    }
+
     fn start_configured(extra: &str, ssh_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
@@ -365,16 +370,22 @@ impl Gateway {
 
 /// Separates the top-level extra config from the lines that go into `[ssh]`.
 const SSH_EXTRA_MARK: &str = "#ssh-extra\n";
+/// Separates the `[ssh]` lines from those that go into `[postgres]`.
+const PG_EXTRA_MARK: &str = "#pg-extra\n";
 
 /// Listen addresses: (ssh, postgres, https). `extra` is the top-level extra,
 /// then `SSH_EXTRA_MARK`, then lines for the `[ssh]` section.
 fn write_config(path: &Path, (ssh, pg, api): (&str, &str, &str), extra: &str) {
     let (top, ssh_extra) = extra.split_once(SSH_EXTRA_MARK).unwrap_or((extra, ""));
+    let (ssh_extra, pg_extra) = ssh_extra
+        .split_once(PG_EXTRA_MARK)
+        .unwrap_or((ssh_extra, ""));
     std::fs::write(
         path,
         format!(
             "{top}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n{ssh_extra}\n\
-             [postgres]\nlisten = \"{pg}\"\nconnect_timeout = \"5s\"\n[api]\nlisten = \"{api}\"\n"
+             [postgres]\nlisten = \"{pg}\"\nconnect_timeout = \"5s\"\n{pg_extra}\n\
+             [api]\nlisten = \"{api}\"\n"
         ),
     )
     .expect("config");

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,10 +16,12 @@ use super::wire::{self, Startup};
 use super::{PostgresFront, Stream, relay};
 use crate::access::AccessError;
 use crate::identity;
-use crate::session::{SessionError, Side};
+use crate::session::{Activity, Limits, SessionError, Side, enforce_limits};
 
 /// The first byte of a TLS ClientHello: a client starting TLS without SSLRequest.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// What PostgreSQL 17 clients offer in a direct TLS handshake.
+const POSTGRESQL_ALPN: &[u8] = b"postgresql";
 /// A password message carries a token: anything longer is not one.
 const PASSWORD_FRAME_LIMIT: usize = 4096;
 
@@ -179,7 +182,7 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
     let cancel = front.cancels.register(conn.key.clone());
     let Ok((_cancel_guard, pid, secret)) = cancel else {
         session.finish("internal error: no cancel key").await;
-        conn.role.drop_role().await;
+        conn.login.release().await;
         return refuse(
             &mut stream,
             "XX000",
@@ -194,6 +197,12 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
         .for_each(|f| out.extend_from_slice(&f.raw));
     wire::backend_key_data(&mut out, pid, secret);
     out.extend_from_slice(&conn.ready.raw);
+    let activity = Arc::new(Activity::default());
+    let limits = Limits {
+        idle_timeout: front.idle_timeout,
+        max_session: Duration::ZERO,
+    };
+    tokio::spawn(enforce_limits(session.clone(), activity.clone(), limits));
     let reason = match write(&mut stream, &mut out).await {
         Ok(()) => {
             relay::run(
@@ -206,13 +215,14 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
                     pending: conn.leftover,
                 },
                 &session,
+                &activity,
             )
             .await
         }
         Err(e) => format!("client left during login: {e}"),
     };
     session.finish(&reason).await;
-    conn.role.drop_role().await;
+    conn.login.release().await;
     Ok(())
 }
 
@@ -227,7 +237,20 @@ async fn negotiate(
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
         let tls = front.tls.accept(tcp).await?;
-        return Ok((Box::new(tls), true, None));
+        // Like PostgreSQL 17: direct TLS needs ALPN `postgresql`, so a TLS
+        // connection meant for another protocol cannot be replayed into this one.
+        let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(POSTGRESQL_ALPN);
+        let mut stream: Stream = Box::new(tls);
+        if !alpn_ok {
+            refuse(
+                &mut stream,
+                "08P01",
+                "direct TLS connections must use ALPN \"postgresql\"",
+                "use sslnegotiation=direct with a PostgreSQL 17 client, or sslnegotiation=postgres",
+            )
+            .await?;
+        }
+        return Ok((stream, true, None));
     }
     loop {
         match read_startup(&mut tcp, buf).await? {

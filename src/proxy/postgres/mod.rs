@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::PostgresConfig;
 use crate::session::Pipeline;
 use crate::store::Store;
 
@@ -40,6 +41,7 @@ pub struct PostgresFront {
     tls: TlsAcceptor,
     allow_plaintext_loopback: bool,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     cancels: CancelKeys,
 }
 
@@ -50,8 +52,7 @@ impl PostgresFront {
         pipeline: Arc<Pipeline>,
         store: Arc<dyn Store>,
         tls: &rustls::ServerConfig,
-        allow_plaintext_loopback: bool,
-        connect_timeout: Duration,
+        config: &PostgresConfig,
     ) -> Self {
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"postgresql".to_vec()];
@@ -59,8 +60,9 @@ impl PostgresFront {
             pipeline,
             store,
             tls: TlsAcceptor::from(Arc::new(tls)),
-            allow_plaintext_loopback,
-            connect_timeout,
+            allow_plaintext_loopback: config.allow_plaintext_loopback,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
             cancels: CancelKeys::default(),
         }
     }
@@ -95,6 +97,8 @@ pub struct UpstreamKey {
     address: String,
     pid: u32,
     secret: u32,
+    /// Set when the session's connection uses TLS: the cancel does too.
+    tls: Option<tls::TargetTls>,
 }
 
 /// The gateway's own BackendKeyData per live session, mapped to the target's, so
@@ -152,7 +156,7 @@ impl Drop for CancelGuard {
 /// Drops the leftover session roles of every PostgreSQL target (a previous run
 /// that crashed). Runs in the background at start; failures are only logged.
 pub async fn sweep_leftover_roles(store: Arc<dyn Store>, connect_timeout: Duration) {
-    let minter = crate::credentials::PgRoleMinter { connect_timeout };
+    let minter = crate::credentials::PgRoleMinter::new(connect_timeout);
     let targets = match store.list_targets().await {
         Ok(t) => t,
         Err(e) => {
@@ -160,7 +164,13 @@ pub async fn sweep_leftover_roles(store: Arc<dyn Store>, connect_timeout: Durati
             return;
         }
     };
-    for target in targets.iter().filter(|t| t.protocol == "postgres") {
+    // Targets with a static login have no roles of ours to sweep.
+    let with_roles = targets.iter().filter(|t| {
+        t.postgres
+            .as_ref()
+            .is_some_and(|s| s.static_login.is_none())
+    });
+    for target in with_roles {
         match minter.sweep(target).await {
             Ok(0) => {}
             Ok(n) => {
@@ -185,6 +195,7 @@ mod tests {
                 address: "127.0.0.1:5432".into(),
                 pid: 42,
                 secret: 7,
+                tls: None,
             })
             .expect("register");
         assert!(pid > 0 && pid <= i32::MAX as u32);

@@ -7,9 +7,14 @@
 //! audit tap records are held whole, up to [`TAP_LIMIT`]: Query, Parse, Bind,
 //! Execute and FunctionCall from the client, CommandComplete and ErrorResponse
 //! from the target. They go to the session recording as notes; a recording
-//! failure ends the session (fail closed).
+//! failure ends the session (fail closed). Sync, ReadyForQuery and the COPY IN
+//! hand-overs are watched (not recorded) to know when the target is working on
+//! something, which the idle timeout does not count as idleness.
 
+use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -18,12 +23,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::Stream;
 use super::wire::{self, MAX_FRAME_LEN, WireError};
 use crate::recording::RecordingError;
-use crate::session::{EndReason, SessionHandle};
+use crate::session::{Activity, EndReason, SessionHandle};
 
 /// Bigger tapped frames pass unrecorded (with a note saying so), so one huge
 /// statement cannot make the gateway hold a huge buffer.
 pub const TAP_LIMIT: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes gathered from ready reads before they are written on.
+const BATCH_LIMIT: usize = 256 * 1024;
 
 /// One side of the relay: its stream and bytes already read from it.
 pub struct Ends {
@@ -93,10 +100,13 @@ impl Scanner {
     }
 }
 
-/// What the tap writes, and the clock for statement durations.
+/// What the tap writes, the clock for statement durations, and how many
+/// requests (Query, FunctionCall, Sync) still wait for their ReadyForQuery.
 struct Tap<'a> {
     session: &'a SessionHandle,
     started: Mutex<Option<Instant>>,
+    waiting: AtomicU32,
+    activity: &'a Activity,
 }
 
 impl Tap<'_> {
@@ -109,6 +119,15 @@ impl Tap<'_> {
     }
 
     fn client(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        match tag {
+            b'Q' | b'F' | b'S' => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                self.activity.set_busy(true);
+            }
+            // CopyDone, CopyFail: the target works on the COPY again.
+            b'c' | b'f' => self.activity.set_busy(true),
+            _ => {}
+        }
         let body = match body {
             Ok(body) => body,
             Err(len) => {
@@ -159,6 +178,20 @@ impl Tap<'_> {
     }
 
     fn target_side(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
+        if tag == b'G' {
+            // CopyInResponse: now the target waits for the client, which may idle.
+            self.activity.set_busy(false);
+            return Ok(());
+        }
+        if tag == b'Z' {
+            let before = self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if before <= 1 {
+                // 0 too: a ReadyForQuery nobody asked for (none exists) must not wrap.
+                self.waiting.store(0, Ordering::Relaxed);
+                self.activity.set_busy(false);
+            }
+            return Ok(());
+        }
         let Ok(body) = body else { return Ok(()) };
         let took = self
             .started
@@ -185,22 +218,29 @@ fn text(body: &[u8]) -> (String, &[u8]) {
 
 /// Relays until either side closes or the session must end; returns the reason
 /// for the recording's seal.
-pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> String {
+pub async fn run(
+    downstream: Ends,
+    upstream: Ends,
+    session: &SessionHandle,
+    activity: &Activity,
+) -> String {
     let (mut down_read, mut down_write) = tokio::io::split(downstream.stream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream.stream);
     let tap = Tap {
         session,
         started: Mutex::new(None),
+        waiting: AtomicU32::new(0),
+        activity,
     };
-    let mut to_client = Pump::default();
-    let mut from_client_pump = Pump::default();
+    let mut to_client = Pump::new(activity);
+    let mut from_client_pump = Pump::new(activity);
     let mut live = session.live();
     let end = {
         let from_client = from_client_pump.run(
             &mut down_read,
             &mut up_write,
             downstream.pending,
-            b"QPBEF",
+            b"QPBEFScf",
             |t, b| tap.client(t, b),
             "client disconnected",
         );
@@ -208,7 +248,7 @@ pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> S
             &mut up_read,
             &mut down_write,
             upstream.pending,
-            b"CE",
+            b"CEGZ",
             |t, b| tap.target_side(t, b),
             "the target closed the connection",
         );
@@ -250,14 +290,24 @@ pub async fn run(downstream: Ends, upstream: Ends, session: &SessionHandle) -> S
     reason
 }
 
-#[derive(Default)]
-struct Pump {
+/// One direction of the relay.
+struct Pump<'a> {
     scanner: Scanner,
     /// A write was started and not finished (the future was dropped mid-write).
     writing: bool,
+    /// Touched on every read, for the idle timeout.
+    activity: &'a Activity,
 }
 
-impl Pump {
+impl<'a> Pump<'a> {
+    fn new(activity: &'a Activity) -> Self {
+        Pump {
+            scanner: Scanner::default(),
+            writing: false,
+            activity,
+        }
+    }
+
     fn at_boundary(&self) -> bool {
         !self.writing && self.scanner.remaining == 0
     }
@@ -271,6 +321,7 @@ impl Pump {
         mut tap: impl FnMut(u8, Result<&[u8], usize>) -> Result<(), RecordingError>,
         closed: &str,
     ) -> End {
+        let mut at_end = false;
         loop {
             let n = match self.scanner.scan(&buf, tapped, &mut tap) {
                 Ok(n) => n,
@@ -289,14 +340,40 @@ impl Pump {
                 self.writing = false;
                 buf.advance(n);
             }
+            if at_end {
+                return End::Closed(closed.to_string());
+            }
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
-                Ok(_) => {}
+                Ok(_) => self.activity.touch(),
+                Err(e) => return End::Closed(format!("{closed}: {e}")),
+            }
+            match gather(from, &mut buf).await {
+                Ok(open) => at_end = !open,
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
         }
     }
+}
+
+/// Reads what `from` has ready without waiting, until [`BATCH_LIMIT`] bytes
+/// are buffered. A TLS stream hands out one record (at most 16 KiB) per read;
+/// gathering what already arrived makes fewer, bigger writes (and TLS records)
+/// toward the other side. Returns false at the end of the stream.
+async fn gather(from: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<bool> {
+    while buf.len() < BATCH_LIMIT {
+        buf.reserve(READ_CHUNK);
+        // Polled once: `read_buf` is cancel-safe, a pending read took no bytes.
+        let mut read = std::pin::pin!(from.read_buf(buf));
+        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Pending => return Ok(true),
+            Poll::Ready(Ok(0)) => return Ok(false),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -40,6 +40,25 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// How to reach one target over TLS: a config trusting its CA, and the name
+/// (host or address) its certificate must be valid for.
+#[derive(Clone)]
+pub struct TargetTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl TargetTls {
+    /// For a target at `address` (`HOST:PORT`) whose certificate chains to `ca`.
+    pub fn new(address: &str, ca: &Path) -> Result<TargetTls, String> {
+        let host = address.rsplit_once(':').map_or("", |(h, _)| h);
+        Ok(TargetTls {
+            config: client_config(ca)?,
+            name: server_name(host.trim_matches(['[', ']']))?,
+        })
+    }
+}
+
 /// The `tls-server-end-point` binding (RFC 5929) of the server's certificate:
 /// its SHA-256 hash, which is right for the SHA-256 signed certificates
 /// PostgreSQL deployments use. Binds SCRAM to this TLS session, so a machine in

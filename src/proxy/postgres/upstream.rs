@@ -1,6 +1,7 @@
 //! Connecting to the target: TCP with a timeout, TLS when the target has a CA
 //! configured (the certificate must chain to it), then a protocol 3.0 login as
-//! the session's ephemeral role with SCRAM-SHA-256 (channel-bound under TLS).
+//! the session's ephemeral role (or the target's static login) with
+//! SCRAM-SHA-256, channel-bound under TLS. Cancel requests take the same road.
 //! The handshake's closing frames are kept for the client; everything after
 //! that is the relay's.
 
@@ -15,9 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::tls::{self, TargetTls};
 use super::wire::{self, Frame};
-use super::{Stream, UpstreamKey, tls};
-use crate::credentials::{Credential, EphemeralRole};
+use super::{Stream, UpstreamKey};
+use crate::credentials::{Credential, PgLogin};
 use crate::session::{Upstream, UpstreamError};
 use crate::store::Target;
 
@@ -42,7 +44,7 @@ pub struct UpstreamConnection {
     /// The target's ReadyForQuery, which ends the client's login too.
     pub ready: Frame,
     pub key: UpstreamKey,
-    pub role: EphemeralRole,
+    pub login: PgLogin,
 }
 
 impl Upstream for PostgresUpstream {
@@ -58,7 +60,7 @@ impl Upstream for PostgresUpstream {
             target: target.name.clone(),
             reason,
         };
-        let Credential::Postgres(mut role) = credential else {
+        let Credential::Postgres(mut login) = credential else {
             return Err(protocol("not a PostgreSQL credential".into()));
         };
         let settings = target
@@ -70,10 +72,14 @@ impl Upstream for PostgresUpstream {
             .clone()
             .or_else(|| settings.database.clone())
             .unwrap_or_else(|| "postgres".into());
-        // Before logging in: if the login fails, dropping `role` cleans up there.
-        role.set_database(&database);
-        let login = self.login(target, &role, &database);
-        match tokio::time::timeout(self.connect_timeout, login).await {
+        // Before logging in: if the login fails, dropping `login` cleans up there.
+        login.set_database(&database);
+        let tls = match &settings.tls_ca {
+            Some(ca) => Some(TargetTls::new(&target.address, ca).map_err(protocol)?),
+            None => None,
+        };
+        let logged_in = self.login(target, tls.as_ref(), &login, &database);
+        match tokio::time::timeout(self.connect_timeout, logged_in).await {
             Err(_) => Err(UpstreamError::Timeout {
                 target: target.name.clone(),
                 address: target.address.clone(),
@@ -89,8 +95,9 @@ impl Upstream for PostgresUpstream {
                     address: target.address.clone(),
                     pid: handshake.key.0,
                     secret: handshake.key.1,
+                    tls,
                 },
-                role,
+                login,
             }),
         }
     }
@@ -107,61 +114,89 @@ impl PostgresUpstream {
     async fn login(
         &self,
         target: &Target,
-        role: &EphemeralRole,
+        tls: Option<&TargetTls>,
+        login: &PgLogin,
         database: &str,
     ) -> Result<(Stream, Handshake), UpstreamError> {
+        let (mut stream, binding) = open(&target.address, tls)
+            .await
+            .map_err(|e| e.for_target(target))?;
         let unreachable = |e: std::io::Error| UpstreamError::Unreachable {
             target: target.name.clone(),
             address: target.address.clone(),
             reason: e.to_string(),
         };
-        let protocol = |reason: String| UpstreamError::Protocol {
-            target: target.name.clone(),
-            reason,
-        };
-        let mut tcp = TcpStream::connect(&target.address)
-            .await
-            .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
-        let tls_ca = target.postgres.as_ref().and_then(|s| s.tls_ca.as_ref());
-        let (mut stream, binding): (Stream, _) = match tls_ca {
-            None => (Box::new(tcp), None),
-            Some(ca) => {
-                let config = tls::client_config(ca).map_err(protocol)?;
-                let mut request = BytesMut::new();
-                frontend::ssl_request(&mut request);
-                tcp.write_all(&request).await.map_err(unreachable)?;
-                if tcp.read_u8().await.map_err(unreachable)? != b'S' {
-                    return Err(protocol("the target does not accept TLS".into()));
-                }
-                let host = target.address.rsplit_once(':').map_or("", |(h, _)| h);
-                let name = tls::server_name(host.trim_matches(['[', ']'])).map_err(protocol)?;
-                let tls = TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| protocol(format!("TLS: {e}")))?;
-                let binding = tls::end_point_hash(&tls);
-                (Box::new(tls), binding)
-            }
-        };
         let mut out = BytesMut::new();
-        let params = [("user", role.name.as_str()), ("database", database)]
+        let params = [("user", login.name.as_str()), ("database", database)]
             .into_iter()
             .chain(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        frontend::startup_message(params, &mut out).map_err(|e| protocol(e.to_string()))?;
+        frontend::startup_message(params, &mut out).map_err(|e| UpstreamError::Protocol {
+            target: target.name.clone(),
+            reason: e.to_string(),
+        })?;
         stream.write_all(&out).await.map_err(unreachable)?;
         stream.flush().await.map_err(unreachable)?;
-        authenticate(&mut stream, role, binding, target)
+        authenticate(&mut stream, login, binding, target)
             .await
             .map(|handshake| (stream, handshake))
     }
+}
+
+/// Why a connection to a target could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl OpenError {
+    fn for_target(self, target: &Target) -> UpstreamError {
+        match self {
+            OpenError::Io(e) => UpstreamError::Unreachable {
+                target: target.name.clone(),
+                address: target.address.clone(),
+                reason: e.to_string(),
+            },
+            OpenError::Refused(reason) => UpstreamError::Protocol {
+                target: target.name.clone(),
+                reason,
+            },
+        }
+    }
+}
+
+/// TCP to `address`, then TLS after an SSLRequest when `tls` is given. Returns
+/// the stream and, under TLS, the SCRAM channel-binding hash.
+async fn open(
+    address: &str,
+    tls: Option<&TargetTls>,
+) -> Result<(Stream, Option<Vec<u8>>), OpenError> {
+    let mut tcp = TcpStream::connect(address).await?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok((Box::new(tcp), None));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    if tcp.read_u8().await? != b'S' {
+        return Err(OpenError::Refused("the target does not accept TLS".into()));
+    }
+    let stream = TlsConnector::from(tls.config.clone())
+        .connect(tls.name.clone(), tcp)
+        .await
+        .map_err(|e| OpenError::Refused(format!("TLS: {e}")))?;
+    let binding = tls::end_point_hash(&stream);
+    Ok((Box::new(stream), binding))
 }
 
 /// Answers the target's authentication requests, then collects what it sends up
 /// to ReadyForQuery.
 async fn authenticate(
     stream: &mut Stream,
-    role: &EphemeralRole,
+    login: &PgLogin,
     binding: Option<Vec<u8>>,
     target: &Target,
 ) -> Result<Handshake, UpstreamError> {
@@ -214,7 +249,7 @@ async fn authenticate(
                             "offers SASL {offered:?}, not SCRAM-SHA-256"
                         )));
                     }
-                    let client = ScramSha256::new(role.password.expose().as_bytes(), channel);
+                    let client = ScramSha256::new(login.password.expose().as_bytes(), channel);
                     frontend::sasl_initial_response(mechanism, client.message(), &mut out)
                         .map_err(|e| protocol(e.to_string()))?;
                     scram = Some(client);
@@ -247,7 +282,7 @@ async fn authenticate(
                 let message = wire::error_message(frame.body());
                 return Err(UpstreamError::CredentialRejected {
                     target: target.name.clone(),
-                    principal: format!("{} ({message})", role.name),
+                    principal: format!("{} ({message})", login.name),
                 });
             }
             b'K' if body.len() == 8 => key = Some((body.get_u32(), body.get_u32())),
@@ -278,17 +313,23 @@ async fn authenticate(
     }
 }
 
-/// Forwards a client's cancel to the target backend it maps to. Plain TCP: a
-/// CancelRequest carries no credential and PostgreSQL takes it before any
-/// pg_hba check.
+/// Forwards a client's cancel to the target backend it maps to, over TLS when
+/// the session's own connection uses it: the backend key is a secret that must
+/// not cross the network in clear any more than the session's traffic does.
 pub(super) async fn cancel(key: &UpstreamKey, timeout: Duration) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     frontend::cancel_request(key.pid as i32, key.secret as i32, &mut out);
     let send = async {
-        let mut tcp = TcpStream::connect(&key.address).await?;
-        tcp.write_all(&out).await?;
+        let (mut stream, _) = open(&key.address, key.tls.as_ref())
+            .await
+            .map_err(|e| match e {
+                OpenError::Io(e) => e,
+                OpenError::Refused(reason) => std::io::Error::other(reason),
+            })?;
+        stream.write_all(&out).await?;
+        stream.flush().await?;
         // The server closes without answering once it has the request.
-        let _ = tcp.read_u8().await;
+        let _ = stream.read_u8().await;
         Ok(())
     };
     tokio::time::timeout(timeout, send)

@@ -1,0 +1,348 @@
+//! PostgreSQL: the gateway vs pgbouncer (session mode) vs direct, measured in
+//! the same run against the same throwaway cluster, TLS on both legs of both
+//! proxies, the gateway recording every statement as usual.
+//!
+//! - `pgbench -S` (select by key), 8 clients, simple and `-M prepared`: TPS;
+//! - `pgbench -S -c 1`: average and p99 latency, and what each proxy adds;
+//! - `COPY (…) TO STDOUT` through `psql`: MiB/s.
+//!
+//! `cargo bench --bench pg_ratio` (release). Knobs: `BENCH_PG_SECS` (seconds
+//! per pgbench run, default 10), `BENCH_PG_SCALE` (pgbench scale, 1),
+//! `BENCH_COPY_MIB` (COPY size, default 256; 1024 for the 1 GB figure).
+//! pgbouncer is installed with apt-get when missing; if that fails its column
+//! is skipped with a message.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use support::pg::{PgCluster, SUPERUSER_PASSWORD};
+use support::*;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One way to reach the cluster: a libpq connection string and its password.
+struct Route {
+    name: &'static str,
+    conninfo: String,
+    password: String,
+}
+
+impl Route {
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("PGPASSWORD", &self.password)
+            .env("PGSSLMODE", "require")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// What one pgbench run reports.
+struct Bench {
+    tps: f64,
+    /// Per-transaction latencies in µs, when logged.
+    latencies: Vec<f64>,
+}
+
+fn pgbench(route: &Route, clients: usize, secs: usize, args: &[&str], log: Option<&Path>) -> Bench {
+    let mut cmd = route.command("pgbench");
+    cmd.args(["-n", "-S", "-T", &secs.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(args);
+    if let Some(prefix) = log {
+        cmd.arg("-l")
+            .arg(format!("--log-prefix={}", prefix.display()));
+    }
+    let o = cmd.arg(&route.conninfo).output().expect("pgbench");
+    assert!(o.status.success(), "{} pgbench: {}", route.name, stderr(&o));
+    let tps = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .expect("tps in pgbench output");
+    let latencies = log.map(read_latencies).unwrap_or_default();
+    Bench { tps, latencies }
+}
+
+/// The third column of pgbench's per-transaction log: latency in µs.
+fn read_latencies(prefix: &Path) -> Vec<f64> {
+    let (dir, stem) = (
+        prefix.parent().expect("dir"),
+        prefix.file_name().expect("name"),
+    );
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("log dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with(&*stem.to_string_lossy()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("log");
+        all.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()),
+        );
+        let _ = std::fs::remove_file(path);
+    }
+    all
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+fn p99(xs: &[f64]) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get(sorted.len() * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// MiB/s of `COPY (…) TO STDOUT` of about `mib` MiB, read by psql into /dev/null.
+fn copy_out(route: &Route, mib: usize) -> f64 {
+    // 1000-byte lines plus the newline.
+    let rows = mib * (1 << 20) / 1001;
+    let sql = format!("COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT");
+    let start = Instant::now();
+    let o = route
+        .command("psql")
+        .arg(&route.conninfo)
+        .args(["-X", "-q", "-c", &sql])
+        .stdout(Stdio::null())
+        .output()
+        .expect("psql");
+    let took = start.elapsed();
+    assert!(o.status.success(), "{} COPY: {}", route.name, stderr(&o));
+    mib as f64 / took.as_secs_f64()
+}
+
+/// pgbouncer in session mode with TLS on both legs, or `None` (with the reason
+/// printed) when it is not installed and cannot be.
+fn start_pgbouncer(pg: &PgCluster) -> Option<(Bouncer, Route)> {
+    let installed = || Path::new("/usr/sbin/pgbouncer").exists();
+    if !installed() {
+        println!("pgbouncer missing: apt-get install -y pgbouncer");
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "pgbouncer"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+    }
+    if !installed() {
+        println!("pgbouncer could not be installed: its figures are skipped");
+        return None;
+    }
+    let dir = pg.dir.path();
+    let port = free_port();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let (crt, key) = (dir.join("bouncer.crt"), dir.join("bouncer.key"));
+    std::fs::write(&crt, cert.cert.pem()).expect("crt");
+    std::fs::write(&key, cert.signing_key.serialize_pem()).expect("key");
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
+    )
+    .expect("userlist");
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\npostgres = host=127.0.0.1 port={pg_port} dbname=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = session\n\
+             max_client_conn = 100\ndefault_pool_size = 20\nlogfile = {dir}/pgbouncer.log\n\
+             client_tls_sslmode = require\nclient_tls_cert_file = {crt}\nclient_tls_key_file = {key}\n\
+             server_tls_sslmode = verify-full\nserver_tls_ca_file = {ca}\n",
+            pg_port = pg.port,
+            dir = dir.display(),
+            crt = crt.display(),
+            key = key.display(),
+            ca = pg.cert.display(),
+        ),
+    )
+    .expect("pgbouncer.ini");
+    // pgbouncer refuses to run as root: `-u` switches to the cluster's owner.
+    Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    let child = Command::new("/usr/sbin/pgbouncer")
+        .args(["-u", "postgres"])
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pgbouncer");
+    assert!(
+        wait_for_port(port, std::time::Duration::from_secs(10)),
+        "pgbouncer did not start: {}",
+        std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+    );
+    let route = Route {
+        name: "pgbouncer",
+        conninfo: format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        password: SUPERUSER_PASSWORD.into(),
+    };
+    Some((Bouncer(child), route))
+}
+
+/// The pgbouncer process, stopped on drop.
+struct Bouncer(std::process::Child);
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The gateway with target `pg-1` (TLS verified) and alice granted `app_rw`.
+fn start_gateway(pg: &PgCluster) -> (Gateway, Route) {
+    let gateway = Gateway::start();
+    let pw = gateway.path("pg-admin-password");
+    std::fs::write(&pw, SUPERUSER_PASSWORD).expect("password file");
+    let address = format!("127.0.0.1:{}", pg.port);
+    gateway.admin_ok(&[
+        "target",
+        "add",
+        "pg-1",
+        "--protocol",
+        "postgres",
+        "--address",
+        &address,
+        "--admin-user",
+        "postgres",
+        "--admin-password-file",
+        pw.to_str().expect("utf-8"),
+        "--tls-ca",
+        pg.cert.to_str().expect("utf-8"),
+    ]);
+    let alice = gateway.add_user("alice", &["dev"]);
+    let bob = gateway.add_user("bob", &["approvers"]);
+    alice.login();
+    let id = alice.request("pg-1", "app_rw", "1h");
+    bob.login();
+    let o = bob.cli(&["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", stderr(&o));
+    let saved = std::fs::read_to_string(alice.home.join("cli/login.json")).expect("login");
+    let json: serde_json::Value = serde_json::from_str(&saved).expect("json");
+    let route = Route {
+        name: "gateway",
+        conninfo: format!(
+            "host=127.0.0.1 port={} user=app_rw@pg-1 dbname=postgres",
+            gateway.pg_port
+        ),
+        password: json["token"].as_str().expect("token").to_string(),
+    };
+    (gateway, route)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let secs = env_num("BENCH_PG_SECS", 10);
+    let scale = env_num("BENCH_PG_SCALE", 1);
+    let copy_mib = env_num("BENCH_COPY_MIB", 256);
+
+    let pg = PgCluster::start();
+    let direct = Route {
+        name: "direct",
+        conninfo: format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            pg.port
+        ),
+        password: SUPERUSER_PASSWORD.into(),
+    };
+    let o = direct
+        .command("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .arg(&direct.conninfo)
+        .output()
+        .expect("pgbench -i");
+    assert!(o.status.success(), "pgbench -i: {}", stderr(&o));
+    pg.sql("CREATE ROLE app_rw NOLOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_rw");
+    let bouncer = start_pgbouncer(&pg);
+    let (gateway, via_gateway) = start_gateway(&pg);
+    let mut routes = vec![&direct];
+    if let Some((_, route)) = &bouncer {
+        routes.push(route);
+    }
+    routes.push(&via_gateway);
+    let logs = tempfile::tempdir().expect("tempdir");
+
+    println!("pg_ratio: {secs}s per run, scale {scale}, TLS on every leg, gateway recording on");
+    // Warm every route (caches, the gateway's admin connection) before measuring.
+    for r in &routes {
+        pgbench(r, 2, 1, &[], None);
+    }
+    let header = || {
+        let names: Vec<String> = routes.iter().map(|r| format!("{:>12}", r.name)).collect();
+        println!("{:<36}{}   ratios to direct", "", names.join(""));
+    };
+    header();
+    let row = |what: &str, values: &[f64]| {
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:>12.1}")).collect();
+        let ratios: Vec<String> = values[1..]
+            .iter()
+            .zip(&routes[1..])
+            .map(|(v, r)| format!("{} {:.2}", r.name, v / values[0]))
+            .collect();
+        println!("{what:<36}{}   {}", cells.join(""), ratios.join(", "));
+    };
+    for (what, args) in [
+        ("pgbench -S -c 8, simple (TPS)", &[][..]),
+        ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..]),
+    ] {
+        let tps: Vec<f64> = routes
+            .iter()
+            .map(|r| pgbench(r, 8, secs, args, None).tps)
+            .collect();
+        row(what, &tps);
+    }
+    let mut means = Vec::new();
+    let mut p99s = Vec::new();
+    for r in &routes {
+        let prefix = logs.path().join(r.name);
+        let b = pgbench(r, 1, secs, &[], Some(&prefix));
+        means.push(mean(&b.latencies));
+        p99s.push(p99(&b.latencies));
+    }
+    row("pgbench -S -c 1, mean latency (µs)", &means);
+    row("pgbench -S -c 1, p99 latency (µs)", &p99s);
+    for (i, r) in routes.iter().enumerate().skip(1) {
+        println!(
+            "  {} adds {:.1} µs on average, {:.1} µs at p99",
+            r.name,
+            means[i] - means[0],
+            p99s[i] - p99s[0]
+        );
+    }
+    let cpu_before = gateway.cpu_seconds();
+    let rates: Vec<f64> = routes.iter().map(|r| copy_out(r, copy_mib)).collect();
+    row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);
+    println!(
+        "gateway CPU over the COPY runs: {:.2} s",
+        gateway.cpu_seconds() - cpu_before
+    );
+}
