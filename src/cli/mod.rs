@@ -9,6 +9,7 @@ mod client;
 mod keys;
 mod policy;
 mod psql;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
