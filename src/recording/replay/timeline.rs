@@ -113,3 +113,90 @@ pub fn write_timeline(path: &Path, out: &mut dyn Write) -> Result<(), RecordingE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::proto;
+
+    #[test]
+    fn stamps_count_hours_past_a_day() {
+        assert_eq!(stamp(0), "[00:00:00.000]");
+        assert_eq!(stamp(83_456_789), "[00:01:23.456]");
+        assert_eq!(stamp(100 * 3_600_000_000 + 1000), "[100:00:00.001]");
+    }
+
+    #[test]
+    fn each_event_kind_reads_as_a_line() {
+        let cases = [
+            (
+                Body::Exec(proto::Exec {
+                    channel: 2,
+                    command: "rsync --server .".into(),
+                }),
+                "channel 2: exec rsync --server .",
+            ),
+            (
+                Body::ExitStatus(proto::ExitStatus {
+                    channel: 2,
+                    status: 0,
+                }),
+                "channel 2: exit status 0",
+            ),
+            (
+                Body::Pty(proto::Pty {
+                    channel: 0,
+                    term: "xterm".into(),
+                    cols: 120,
+                    rows: 40,
+                }),
+                "channel 0: pty xterm 120x40",
+            ),
+            (
+                Body::Note(proto::Note {
+                    text: "query: SELECT 1".into(),
+                }),
+                "query: SELECT 1",
+            ),
+            (
+                Body::Seal(proto::Seal {
+                    end_reason: "client closed".into(),
+                    ..Default::default()
+                }),
+                "sealed: client closed",
+            ),
+        ];
+        for (body, line) in cases {
+            assert_eq!(event_text(&body).as_deref(), Some(line));
+        }
+        let quiet = [
+            Body::Output(proto::Data::default()),
+            Body::Input(proto::Data::default()),
+            Body::Resize(proto::Resize::default()),
+            Body::Checkpoint(proto::Checkpoint::default()),
+        ];
+        for body in quiet {
+            assert_eq!(event_text(&body), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn byte_counts_get_a_readable_size() {
+        let note =
+            |text: &str| event_text(&Body::Note(proto::Note { text: text.into() })).expect("note");
+        assert_eq!(
+            note("channel 0: sftp close /tmp/x wrote 1258291 bytes"),
+            "channel 0: sftp close /tmp/x wrote 1258291 bytes (1.2 MiB)"
+        );
+        assert_eq!(
+            note("forward to db:5432 closed: 2048 bytes sent, 100 bytes received, 1.0s"),
+            "forward to db:5432 closed: 2048 bytes (2.0 KiB) sent, 100 bytes received, 1.0s"
+        );
+        assert_eq!(
+            note("http GET / -> 200 (in 5 B, out 7 B, 3 ms)"),
+            "http GET / -> 200 (in 5 B, out 7 B, 3 ms)"
+        );
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_size(1023), "1023 B");
+    }
+}
