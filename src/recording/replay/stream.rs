@@ -11,6 +11,9 @@ use super::super::format::{self, MAGIC};
 use super::super::proto::Record;
 use super::super::reader::{FrameReader, Header, NextFrame};
 
+/// Large reads: an index build goes through the whole file.
+const READ_BUFFER: usize = 256 * 1024;
+
 /// A record and where its frame starts in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located {
@@ -30,7 +33,8 @@ impl RecordStream {
     /// Opens `path` at its first record, after checking the magic line the way
     /// [`super::super::read_file`] does.
     pub fn open(path: &Path) -> Result<RecordStream, RecordingError> {
-        let mut frames = FrameReader::new(BufReader::new(File::open(path)?));
+        let file = File::open(path)?;
+        let mut frames = FrameReader::new(BufReader::with_capacity(READ_BUFFER, file));
         let problem = match frames.header()? {
             Header::Current => None,
             Header::Truncated => Some("truncated magic line".to_string()),
@@ -58,7 +62,7 @@ impl RecordStream {
         file.seek(SeekFrom::Start(offset))?;
         Ok(RecordStream {
             path: path.to_path_buf(),
-            frames: FrameReader::new(BufReader::with_capacity(256 * 1024, file)),
+            frames: FrameReader::new(BufReader::with_capacity(READ_BUFFER, file)),
             offset,
         })
     }
