@@ -56,8 +56,8 @@ pub struct Keyframe {
     pub screen: Vec<u8>,
 }
 
-/// The keyframes of one recording, in time order; the first is the empty screen before
-/// record 1.
+/// The keyframes of one recording, in time order; never empty: the first is the empty
+/// screen before record 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Index {
     pub keyframes: Vec<Keyframe>,
@@ -99,8 +99,8 @@ impl Terminal {
         }
     }
 
-    /// Applies what `body` does to a terminal; true if it was output.
-    pub fn apply(&mut self, body: Option<&Body>) -> bool {
+    /// Applies what `body` does to a terminal (output, pty size, resizes).
+    pub fn apply(&mut self, body: Option<&Body>) {
         match body {
             Some(Body::Output(data)) => {
                 // Scanning for the switch is cheap; snapshotting before every chunk is not.
@@ -112,17 +112,10 @@ impl Terminal {
                     self.primary = self.parser.screen().state_formatted();
                 }
                 self.parser.process(&data.data);
-                true
             }
-            Some(Body::Pty(p)) => {
-                self.resize(p.rows, p.cols);
-                false
-            }
-            Some(Body::Resize(r)) => {
-                self.resize(r.rows, r.cols);
-                false
-            }
-            _ => false,
+            Some(Body::Pty(p)) => self.resize(p.rows, p.cols),
+            Some(Body::Resize(r)) => self.resize(r.rows, r.cols),
+            _ => {}
         }
     }
 
