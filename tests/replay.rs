@@ -127,7 +127,21 @@ fn from_draws_the_screen_of_that_moment_and_plays_on() {
     let frames: Vec<&str> = stdout.split("frame ").skip(1).map(|s| &s[..1]).collect();
     assert_eq!(frames, ["2", "3", "4"], "{stdout:?}");
     // Events before the start are not repeated; none come after it here.
-    assert!(!text(&out.stderr).contains("exec uptime"));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("exec uptime"), "{stderr}");
+    // The first seek builds the index; the next run finds it in the cache.
+    assert!(
+        stderr.contains("indexing the recording for seeking"),
+        "{stderr}"
+    );
+    let again = drawbridge(
+        dir.path(),
+        &["replay", path, "--from", "150m", "--speed", "0"],
+        b"",
+    );
+    assert_eq!(again.stdout, out.stdout);
+    assert!(!text(&again.stderr).contains("indexing"));
+    assert!(dir.path().join("cache/drawbridge/replay-index").is_dir());
 
     let out = drawbridge(dir.path(), &["replay", path, "--from", "10h"], b"");
     assert!(!out.status.success());

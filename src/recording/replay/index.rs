@@ -229,17 +229,26 @@ impl Index {
     }
 
     /// The cached index of `path` from `cache_dir` if it still matches the file, otherwise
-    /// a freshly built one, cached for next time when `cache_dir` is writable (a cache that
-    /// cannot be written is not an error: seeking still works, only slower next time).
+    /// a freshly built one (see [`Index::cached`] and [`Index::build_and_cache`]).
     pub fn load_or_build(path: &Path, cache_dir: Option<&Path>) -> Result<Index, RecordingError> {
-        let cache = cache_dir.map(|dir| cache_file(dir, path));
-        if let Some(cached) = cache.as_deref().and_then(|c| Index::load(c).ok())
-            && cached.matches(path)
-        {
-            return Ok(cached);
+        match Index::cached(path, cache_dir) {
+            Some(index) => Ok(index),
+            None => Index::build_and_cache(path, cache_dir),
         }
+    }
+
+    /// The index of `path` cached in `cache_dir`, if there is one and it still matches.
+    pub fn cached(path: &Path, cache_dir: Option<&Path>) -> Option<Index> {
+        let index = Index::load(&cache_file(cache_dir?, path)).ok()?;
+        index.matches(path).then_some(index)
+    }
+
+    /// Builds the index of `path` and caches it in `cache_dir` when that is writable (a
+    /// cache that cannot be written is not an error: seeking still works, only the next
+    /// run builds again).
+    pub fn build_and_cache(path: &Path, cache_dir: Option<&Path>) -> Result<Index, RecordingError> {
         let index = Index::build(path)?;
-        if let Some(cache) = cache
+        if let Some(cache) = cache_dir.map(|dir| cache_file(dir, path))
             && let Err(e) = index.save(&cache)
         {
             tracing::debug!(cache = %cache.display(), error = %e, "replay index not cached");

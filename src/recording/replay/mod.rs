@@ -131,7 +131,12 @@ enum KeyWait {
 impl Player<'_, '_> {
     fn run(&mut self) -> Result<(), RecordingError> {
         if let Some(from) = self.options.from {
-            let index = loaded(&mut self.index, &self.path, &self.options)?;
+            let index = loaded(
+                &mut self.index,
+                &self.path,
+                &self.options,
+                self.events.as_mut(),
+            )?;
             let (from_us, end_us) = (micros(from), index.end_us);
             if from_us > end_us {
                 return Err(RecordingError::StartPastEnd { from_us, end_us });
@@ -270,7 +275,12 @@ impl Player<'_, '_> {
 
     /// Moves to `target_us` (clamped to the recording) and paints the screen as it was then.
     fn seek_to(&mut self, target_us: u64) -> Result<(), RecordingError> {
-        let index = loaded(&mut self.index, &self.path, &self.options)?;
+        let index = loaded(
+            &mut self.index,
+            &self.path,
+            &self.options,
+            self.events.as_mut(),
+        )?;
         let target_us = target_us.min(index.end_us);
         self.cursor.seek(&self.path, index, target_us)?;
         self.out.write_all(&self.cursor.terminal.paint())?;
@@ -303,15 +313,28 @@ impl Player<'_, '_> {
     }
 }
 
-/// The seek index in `slot`, loaded from the cache or built on first use.
+/// The seek index in `slot`, loaded from the cache or built on first use. Building reads
+/// the whole file (seconds for hours of busy output), so the events output says so first.
 fn loaded<'s>(
     slot: &'s mut Option<Index>,
     path: &Path,
     options: &Options,
+    events: Option<&mut Events<'_>>,
 ) -> Result<&'s Index, RecordingError> {
-    let index = match slot.take() {
+    let cache = options.index_cache.as_deref();
+    let index = match slot.take().or_else(|| Index::cached(path, cache)) {
         Some(index) => index,
-        None => Index::load_or_build(path, options.index_cache.as_deref())?,
+        None => {
+            if let Some(events) = events {
+                let end = if events.terminal { "\r\n" } else { "\n" };
+                write!(
+                    events.out,
+                    "drawbridge: indexing the recording for seeking{end}"
+                )?;
+                events.out.flush()?;
+            }
+            Index::build_and_cache(path, cache)?
+        }
     };
     Ok(slot.insert(index))
 }
