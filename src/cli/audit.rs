@@ -1,6 +1,7 @@
 //! `replay`, `export` and `verify`: the auditor's commands, run on the gateway host against the
 //! recordings folder, the audit log and the gateway's public recording keys.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,8 +10,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use super::terminal;
 use crate::config::Config;
-use crate::recording::{self, check, check::FullReport, check::Status};
+use crate::recording::{self, check, check::FullReport, check::Status, replay as playback};
 
 #[derive(Args)]
 pub struct ReplayArgs {
@@ -22,6 +24,17 @@ pub struct ReplayArgs {
     /// Longest pause to reproduce, e.g. 2s.
     #[arg(long, value_parser = crate::time::parse_duration)]
     max_idle: Option<Duration>,
+    /// Start this far into the recording, e.g. 50m or 1h2m3s: the screen as it was then is
+    /// drawn first.
+    #[arg(long, value_parser = crate::time::parse_duration)]
+    from: Option<Duration>,
+    /// Print only the timeline of events (commands, exit statuses, SFTP, SQL, HTTP,
+    /// forwards), at once.
+    #[arg(long, conflicts_with_all = ["from", "speed", "max_idle", "no_events"])]
+    timeline: bool,
+    /// Do not show the events on standard error during playback.
+    #[arg(long)]
+    no_events: bool,
 }
 
 #[derive(Args)]
@@ -129,16 +142,54 @@ fn recording_path(config: &Config, session: &str) -> PathBuf {
 
 pub fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let path = recording_path(config, &args.session);
-    let rec =
-        recording::read_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let speed = if args.speed <= 0.0 {
-        f64::INFINITY
-    } else {
-        args.speed
+    let cannot = || format!("cannot replay {}", path.display());
+    if args.timeline {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        playback::timeline::write_timeline(&path, &mut out).with_context(cannot)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = playback::Options {
+        speed: if args.speed <= 0.0 {
+            f64::INFINITY
+        } else {
+            args.speed
+        },
+        max_idle: args.max_idle,
+        from: args.from,
+        terminal: std::io::stdout().is_terminal(),
+        index_cache: index_cache_dir(),
     };
+    // Keys only when someone types at a terminal; otherwise plain playback.
+    let key_mode = if std::io::stdin().is_terminal() {
+        terminal::KeyMode::enter()
+            .inspect_err(|e| eprintln!("drawbridge: replay keys are off: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    let keys = key_mode.as_ref().map(|_| terminal::read_keys());
     let mut out = std::io::stdout().lock();
-    recording::replay(&rec, speed, args.max_idle, &mut out)?;
+    let mut err = std::io::stderr().lock();
+    let events = (!args.no_events).then(|| playback::Events {
+        terminal: std::io::stderr().is_terminal(),
+        out: &mut err,
+    });
+    let played = playback::play(&path, &options, keys, &mut out, events);
+    // Restore the terminal before an error is printed.
+    drop(key_mode);
+    played.with_context(cannot)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where seek indexes are cached: `$XDG_CACHE_HOME/drawbridge/replay-index`, else
+/// `~/.cache/drawbridge/replay-index`; none without either variable.
+fn index_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("drawbridge").join("replay-index"))
 }
 
 pub fn export(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {

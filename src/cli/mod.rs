@@ -11,6 +11,7 @@ mod policy;
 mod psql;
 mod service_account;
 mod ssh_cert;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -24,7 +24,8 @@
 //!   with verification.
 //! - [`verify`]: [`verify_file`], which reports every break in one file.
 //! - [`check`]: [`check::verify_all`], the audit log and every recording cross-checked.
-//! - [`replay`]: [`replay`] of terminal output at recorded speed.
+//! - [`replay`]: playback of terminal output at recorded speed, with keys, the event
+//!   timeline and keyframes for seeking.
 //! - [`export`]: asciicast v2 and JSON Lines.
 //!
 //! Architecture invariants: the writer never rewrites or seeks (recovery only cuts a torn
@@ -132,6 +133,13 @@ pub enum RecordingError {
     Closed,
     #[error("replay speed must be a positive number, got {0}")]
     InvalidSpeed(f64),
+    /// Replay was asked to start after the last record.
+    #[error(
+        "cannot start at {}: the recording ends at {}",
+        replay::timeline::clock(*from_us),
+        replay::timeline::clock(*end_us)
+    )]
+    StartPastEnd { from_us: u64, end_us: u64 },
     /// Starts, checkpoints and seals are written by the recorder itself, and data must
     /// come in chunks the frame limit allows.
     #[error("this record body cannot be appended by a caller")]
