@@ -7,7 +7,7 @@
 //! `cargo bench --bench ssh_ratio` (release). Sizes and counts are bounded and
 //! overridable: `BENCH_MIB` (default 512), `BENCH_SCP_MIB` (256),
 //! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10),
-//! `BENCH_ECHO` (100 interactive sessions) × `BENCH_ECHO_EACH` (100 round trips),
+//! `BENCH_ECHO` (100 terminal sessions per path, typing at the same time) × `BENCH_ECHO_EACH` (100 keys),
 //! `BENCH_IDLE` (500 idle sessions). `BENCH_PARTS` picks parts (comma list of
 //! bulk, scp, setup, concurrent, echo, idle; default all).
 //! Everything runs on loopback; the gateway records every session as usual.
@@ -175,31 +175,43 @@ fn concurrent(path: &Route, clients: usize, each: usize) -> f64 {
     (clients * each) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// A session kept open: `ssh … cat` (echo) or `ssh … sleep` (idle).
+/// A session kept open: an interactive terminal (echo) or `sleep` (idle).
 struct OpenSession {
     child: Child,
 }
 
 impl OpenSession {
-    /// Starts `command` on the target and waits until it has printed `ready`,
-    /// so the session is fully set up (upstream included) when this returns.
-    fn start(path: &Route, command: &str) -> OpenSession {
-        let mut child = path
-            .ssh()
+    /// Starts `command` on the target (with a terminal when `pty`) and waits
+    /// until it has printed `ready`, so the session is fully set up, upstream
+    /// included, when this returns.
+    fn start(path: &Route, command: &str, pty: bool) -> OpenSession {
+        let mut cmd = path.ssh();
+        if pty {
+            cmd.arg("-tt");
+        }
+        let mut child = cmd
             .arg(format!("echo ready; exec {command}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("ssh");
-        let mut ready = [0u8; 6];
         let stdout = child.stdout.as_mut().expect("stdout");
-        stdout.read_exact(&mut ready).expect("session ready");
-        assert_eq!(&ready, b"ready\n", "{}: unexpected greeting", path.name);
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte != *b"\n" {
+            stdout.read_exact(&mut byte).expect("session ready");
+            line.push(byte[0]);
+        }
+        assert!(
+            line.starts_with(b"ready"),
+            "{}: unexpected greeting {line:?}",
+            path.name
+        );
         OpenSession { child }
     }
 
-    /// One byte to `cat` on the target and back.
+    /// One key typed into the terminal and its echo back.
     fn echo_round_trip(&mut self) -> Duration {
         let start = Instant::now();
         self.child
@@ -228,14 +240,14 @@ impl Drop for OpenSession {
 
 /// Opens `n` sessions running `command`, at most 8 being set up at a time
 /// (sshd's MaxStartups throttles more).
-fn open_sessions(path: &Route, n: usize, command: &str) -> Vec<OpenSession> {
+fn open_sessions(path: &Route, n: usize, command: &str, pty: bool) -> Vec<OpenSession> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let sessions = std::sync::Mutex::new(Vec::with_capacity(n));
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                    let session = OpenSession::start(path, command);
+                    let session = OpenSession::start(path, command, pty);
                     sessions.lock().expect("sessions").push(session);
                 }
             });
@@ -244,30 +256,43 @@ fn open_sessions(path: &Route, n: usize, command: &str) -> Vec<OpenSession> {
     sessions.into_inner().expect("sessions")
 }
 
-/// Echo round-trip times (µs, sorted) of `n` concurrent interactive sessions
-/// typing one key every ~20 ms, `each` keys per session.
-fn echo_latency(path: &Route, n: usize, each: usize) -> Vec<f64> {
-    let sessions = open_sessions(path, n, "cat");
-    let samples = std::sync::Mutex::new(Vec::with_capacity(n * each));
+/// Echo round-trip times (µs, sorted) of `n` interactive terminal sessions
+/// on each path, all typing at once (one key every ~20 ms, `each` keys per
+/// session), so both paths see the same machine load: `(direct, gateway)`.
+fn echo_latency(direct: &Route, gateway: &Route, n: usize, each: usize) -> (Vec<f64>, Vec<f64>) {
+    // `cat` in canonical mode: the terminal's own echo is what comes back.
+    let sessions = [
+        open_sessions(direct, n, "cat", true),
+        open_sessions(gateway, n, "cat", true),
+    ];
+    let samples = [
+        std::sync::Mutex::new(Vec::with_capacity(n * each)),
+        std::sync::Mutex::new(Vec::with_capacity(n * each)),
+    ];
     std::thread::scope(|s| {
-        for (i, mut session) in sessions.into_iter().enumerate() {
-            let samples = &samples;
-            s.spawn(move || {
-                // Spread the sessions' keystrokes over the typing interval.
-                std::thread::sleep(Duration::from_micros((i as u64 * 197) % 20_000));
-                session.echo_round_trip();
-                let mut mine = Vec::with_capacity(each);
-                for _ in 0..each {
-                    std::thread::sleep(Duration::from_millis(20));
-                    mine.push(session.echo_round_trip().as_secs_f64() * 1e6);
-                }
-                samples.lock().expect("samples").extend(mine);
-            });
+        for (path, sessions) in sessions.into_iter().enumerate() {
+            for (i, mut session) in sessions.into_iter().enumerate() {
+                let samples = &samples[path];
+                s.spawn(move || {
+                    // Spread the sessions' keystrokes over the typing interval.
+                    std::thread::sleep(Duration::from_micros((i as u64 * 197) % 20_000));
+                    session.echo_round_trip();
+                    let mut mine = Vec::with_capacity(each);
+                    for _ in 0..each {
+                        std::thread::sleep(Duration::from_millis(20));
+                        mine.push(session.echo_round_trip().as_secs_f64() * 1e6);
+                    }
+                    samples.lock().expect("samples").extend(mine);
+                });
+            }
         }
     });
-    let mut samples = samples.into_inner().expect("samples");
-    samples.sort_by(f64::total_cmp);
-    samples
+    let [d, g] = samples.map(|m| {
+        let mut v = m.into_inner().expect("samples");
+        v.sort_by(f64::total_cmp);
+        v
+    });
+    (d, g)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -278,7 +303,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Gateway RSS growth per idle session, KiB, with `n` sessions open at once.
 fn idle_memory(w: &World, path: &Route, n: usize) -> (u64, u64, f64) {
     let before = w.gateway.rss_kib();
-    let sessions = open_sessions(path, n, "sleep 3600");
+    let sessions = open_sessions(path, n, "sleep 3600", false);
     // Let per-session tasks settle (first checkpoints, upstream buffers).
     std::thread::sleep(Duration::from_secs(2));
     let after = w.gateway.rss_kib();
@@ -383,12 +408,11 @@ fn main() {
         );
     }
     if part("echo") {
-        let d = echo_latency(&direct, echo, echo_each);
-        let g = echo_latency(&gateway, echo, echo_each);
+        let (d, g) = echo_latency(&direct, &gateway, echo, echo_each);
         for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
             let (dp, gp) = (percentile(&d, p), percentile(&g, p));
             println!(
-                "echo {name}, {echo} sessions            direct {dp:>9.0} µs         gateway {gp:>9.0} µs         added {:.0} µs",
+                "echo {name}, {echo}+{echo} terminals       direct {dp:>9.0} µs         gateway {gp:>9.0} µs         added {:.0} µs",
                 gp - dp
             );
         }
