@@ -7,7 +7,8 @@
 //! `cargo bench --bench ssh_ratio` (release). Sizes and counts are bounded and
 //! overridable: `BENCH_MIB` (default 512), `BENCH_SCP_MIB` (256),
 //! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10),
-//! `BENCH_ECHO` (100 terminal sessions per path, typing at the same time) × `BENCH_ECHO_EACH` (100 keys),
+//! `BENCH_ECHO` (100 terminal sessions per path, typing at the same time) ×
+//! `BENCH_ECHO_EACH` (100 keys, one per `BENCH_ECHO_INTERVAL_MS`, 100: a fast typist),
 //! `BENCH_IDLE` (500 idle sessions). `BENCH_PARTS` picks parts (comma list of
 //! bulk, scp, setup, concurrent, echo, idle; default all).
 //! Everything runs on loopback; the gateway records every session as usual.
@@ -197,18 +198,22 @@ impl OpenSession {
             .spawn()
             .expect("ssh");
         let stdout = child.stdout.as_mut().expect("stdout");
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte != *b"\n" {
-            stdout.read_exact(&mut byte).expect("session ready");
-            line.push(byte[0]);
+        // Login scripts on the target may print first (pyenv's rehash races
+        // under concurrent logins here); skip lines up to our own.
+        for _ in 0..50 {
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while byte != *b"\n" {
+                stdout.read_exact(&mut byte).expect("session ready");
+                line.push(byte[0]);
+            }
+            if line.starts_with(b"ready") {
+                return OpenSession { child };
+            }
         }
-        assert!(
-            line.starts_with(b"ready"),
-            "{}: unexpected greeting {line:?}",
-            path.name
-        );
-        OpenSession { child }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{}: the session never printed ready", path.name);
     }
 
     /// One key typed into the terminal and its echo back.
@@ -257,9 +262,15 @@ fn open_sessions(path: &Route, n: usize, command: &str, pty: bool) -> Vec<OpenSe
 }
 
 /// Echo round-trip times (µs, sorted) of `n` interactive terminal sessions
-/// on each path, all typing at once (one key every ~20 ms, `each` keys per
-/// session), so both paths see the same machine load: `(direct, gateway)`.
-fn echo_latency(direct: &Route, gateway: &Route, n: usize, each: usize) -> (Vec<f64>, Vec<f64>) {
+/// on each path, all typing at once (one key every `interval`, `each` keys
+/// per session), so both paths see the same machine load: `(direct, gateway)`.
+fn echo_latency(
+    direct: &Route,
+    gateway: &Route,
+    n: usize,
+    each: usize,
+    interval: Duration,
+) -> (Vec<f64>, Vec<f64>) {
     // `cat` in canonical mode: the terminal's own echo is what comes back.
     let sessions = [
         open_sessions(direct, n, "cat", true),
@@ -275,11 +286,12 @@ fn echo_latency(direct: &Route, gateway: &Route, n: usize, each: usize) -> (Vec<
                 let samples = &samples[path];
                 s.spawn(move || {
                     // Spread the sessions' keystrokes over the typing interval.
-                    std::thread::sleep(Duration::from_micros((i as u64 * 197) % 20_000));
+                    let spread = interval.as_micros() as u64;
+                    std::thread::sleep(Duration::from_micros((i as u64 * 7919) % spread.max(1)));
                     session.echo_round_trip();
                     let mut mine = Vec::with_capacity(each);
                     for _ in 0..each {
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(interval);
                         mine.push(session.echo_round_trip().as_secs_f64() * 1e6);
                     }
                     samples.lock().expect("samples").extend(mine);
@@ -408,7 +420,8 @@ fn main() {
         );
     }
     if part("echo") {
-        let (d, g) = echo_latency(&direct, &gateway, echo, echo_each);
+        let interval = Duration::from_millis(env_num("BENCH_ECHO_INTERVAL_MS", 100) as u64);
+        let (d, g) = echo_latency(&direct, &gateway, echo, echo_each, interval);
         for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
             let (dp, gp) = (percentile(&d, p), percentile(&g, p));
             println!(
