@@ -148,12 +148,22 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Loads a recording: header and every whole record. Fails on a bad magic line, an oversized
 /// frame or an unparsable record; tolerates a torn tail.
 pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
+    read_from(path, BufReader::new(File::open(path)?))
+}
+
+/// [`read_file`] for a recording already in memory; `name` is what errors and
+/// [`Recording::path`] call it.
+pub fn read_bytes(name: &Path, bytes: &[u8]) -> Result<Recording, RecordingError> {
+    read_from(name, bytes)
+}
+
+fn read_from(path: &Path, source: impl Read) -> Result<Recording, RecordingError> {
     let bad = |record: Option<u64>, what: String| RecordingError::Format {
         path: path.to_path_buf(),
         record,
         what,
     };
-    let mut frames = FrameReader::new(BufReader::new(File::open(path)?));
+    let mut frames = FrameReader::new(source);
     match frames.header()? {
         Header::Current => {}
         Header::Truncated => return Err(bad(None, "truncated magic line".into())),
