@@ -8,10 +8,13 @@
 //!   → writer thread, timed from the first event queued to the seal on disk.
 //! - `verify/<chunk>`: `verify_file` on a 256 MiB recording of such chunks (warm page cache),
 //!   and `verify_bytes` on the same bytes in memory (no IO).
+//! - `baseline/sha256`: ring's SHA-256 over 16 KiB blocks on this machine, the floor under
+//!   both (every recorded byte is hashed once when written and once when verified).
 //!
-//! `cargo bench --bench recording` (release). `DRAWBRIDGE_BENCH_RECORDING_GIB=N` also writes
-//! an N GiB recording of 16 KiB chunks once, verifies it and prints both rates (not run in CI;
-//! it needs N GiB free in the temp folder).
+//! `cargo bench --bench recording` (release). Recordings go to the system temp folder, or to
+//! `DRAWBRIDGE_BENCH_DIR` (e.g. a tmpfs such as `/dev/shm`, to tell the writer's own cost from
+//! the disk's). `DRAWBRIDGE_BENCH_RECORDING_GIB=N` also writes an N GiB recording of 16 KiB
+//! chunks once, verifies it and prints both rates (not run in CI; it needs N GiB free).
 //!
 //! To add a bench, write a `fn name(c: &mut Criterion)` and list it in `criterion_group!`.
 
@@ -86,7 +89,7 @@ fn append(c: &mut Criterion) {
             &chunk,
             |b, chunk| {
                 b.iter_custom(|iters| {
-                    let dir = tempfile::tempdir().expect("tempdir");
+                    let dir = bench_dir();
                     let start = Instant::now();
                     write_recording(dir.path(), &key, chunk, iters);
                     start.elapsed()
@@ -110,7 +113,7 @@ fn append_queued(c: &mut Criterion) {
             &chunk,
             |b, chunk| {
                 b.iter_custom(|iters| {
-                    let dir = tempfile::tempdir().expect("tempdir");
+                    let dir = bench_dir();
                     let rec = Recorder::create(dir.path(), &meta("bench"), key.clone(), policy())
                         .expect("create");
                     // The queue may hold the whole sample: this measures the writer, not the
@@ -135,7 +138,7 @@ fn verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     group.sample_size(10);
     for size in CHUNKS {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = bench_dir();
         let chunk = terminal_chunk(size);
         write_recording(dir.path(), &key, &chunk, (VERIFY_BYTES / size) as u64);
         let path = dir.path().join("bench.dbr");
@@ -151,6 +154,25 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
+fn baseline(c: &mut Criterion) {
+    let block = terminal_chunk(16 * 1024);
+    let mut group = c.benchmark_group("baseline");
+    group.throughput(Throughput::Bytes(block.len() as u64));
+    group.bench_function("sha256", |b| {
+        b.iter(|| ring::digest::digest(&ring::digest::SHA256, &block));
+    });
+    group.finish();
+}
+
+/// A new folder for bench recordings, under `DRAWBRIDGE_BENCH_DIR` if set.
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("DRAWBRIDGE_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("bench folder")
+}
+
 fn kib(size: usize) -> String {
     format!("{}KiB", size / 1024)
 }
@@ -159,7 +181,7 @@ fn kib(size: usize) -> String {
 /// `DRAWBRIDGE_BENCH_RECORDING_GIB`.
 fn multi_gb(gib: u64) {
     let (key, ring) = key();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = bench_dir();
     let chunk = terminal_chunk(16 * 1024);
     let count = gib * 1024 * 1024 * 1024 / chunk.len() as u64;
     let payload = (count * chunk.len() as u64) as f64;
@@ -185,7 +207,7 @@ fn multi_gb(gib: u64) {
     );
 }
 
-criterion_group!(benches, append, append_queued, verify);
+criterion_group!(benches, baseline, append, append_queued, verify);
 
 fn main() {
     benches();

@@ -129,6 +129,8 @@ struct Pass<'k> {
     last_time_us: u64,
     output_bytes: u64,
     input_bytes: u64,
+    /// Re-encoding buffer of the canonical-encoding check.
+    scratch: Vec<u8>,
 }
 
 /// Verifies the recording at `path` against the trusted `keys`. Never fails: unreadable or
@@ -175,6 +177,7 @@ impl<'k> Pass<'k> {
             last_time_us: 0,
             output_bytes: 0,
             input_bytes: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -203,7 +206,7 @@ impl<'k> Pass<'k> {
             match frames.next_frame() {
                 Ok(NextFrame::Frame(frame)) => {
                     self.report.records += 1;
-                    self.frame(index, &frame);
+                    self.frame(index, frame);
                 }
                 Ok(NextFrame::End) => break,
                 Ok(NextFrame::Torn { have, need }) => {
@@ -232,7 +235,7 @@ impl<'k> Pass<'k> {
         if self.report.sealed {
             return self.report.problem(Some(index), "record after the seal");
         }
-        let record = match format::decode_record(frame) {
+        let record = match format::decode_record_with(frame, &mut self.scratch) {
             Ok(r) => r,
             Err(what) => return self.report.problem(Some(index), what),
         };
