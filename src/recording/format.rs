@@ -70,22 +70,23 @@ pub fn sha256(bytes: &[u8]) -> Hash {
     out
 }
 
-/// Error from [`encode_frame`] or [`decode_len`].
+/// Error from [`encode_frame_into`] or [`decode_len`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooLong(pub u64);
 
-/// Encodes `record` as a whole frame: 4-byte big-endian length, then the record.
-pub fn encode_frame(record: &Record) -> Result<Vec<u8>, TooLong> {
+/// Encodes `record` as a whole frame into `frame` (cleared first, so a writer reuses one
+/// buffer for every record): 4-byte big-endian length, then the record.
+pub fn encode_frame_into(record: &Record, frame: &mut Vec<u8>) -> Result<(), TooLong> {
     let len = record.encoded_len();
     let len32 = u32::try_from(len)
         .ok()
         .filter(|l| *l <= MAX_FRAME_LEN)
         .ok_or(TooLong(len as u64))?;
-    let mut frame = Vec::with_capacity(LEN_PREFIX + len);
+    frame.clear();
+    frame.reserve(LEN_PREFIX + len);
     frame.extend_from_slice(&len32.to_be_bytes());
     // Encoding into a Vec only fails on insufficient capacity, which a Vec never has.
-    record.encode(&mut frame).map_err(|_| TooLong(len as u64))?;
-    Ok(frame)
+    record.encode(frame).map_err(|_| TooLong(len as u64))
 }
 
 /// Reads a length prefix, enforcing [`MAX_FRAME_LEN`].
@@ -101,11 +102,17 @@ pub fn decode_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, TooLong> {
 /// Decodes the record in a whole frame (prefix included) and checks that the bytes are the
 /// canonical encoding of what was decoded. Returns a short description on failure.
 pub fn decode_record(frame: &[u8]) -> Result<Record, String> {
+    decode_record_with(frame, &mut Vec::new())
+}
+
+/// [`decode_record`] with a caller-owned buffer for the canonical-encoding check, so that
+/// reading a file allocates it once rather than once per record.
+pub fn decode_record_with(frame: &[u8], scratch: &mut Vec<u8>) -> Result<Record, String> {
     let payload = frame
         .get(LEN_PREFIX..)
         .ok_or("frame shorter than its length prefix")?;
     let record = Record::decode(payload).map_err(|e| format!("unparsable record ({e})"))?;
-    if !is_canonical(&record, payload) {
+    if !is_canonical(&record, payload, scratch) {
         return Err("non-canonical encoding (unknown or reordered fields)".to_string());
     }
     Ok(record)
@@ -114,11 +121,14 @@ pub fn decode_record(frame: &[u8]) -> Result<Record, String> {
 /// True when `payload` is exactly the canonical encoding of `record`: fields in field-number
 /// order, each once, proto3 defaults omitted, minimal varints, no unknown fields. This is
 /// what makes the seal frame (the one frame the chain does not cover) non-malleable.
-pub fn is_canonical(record: &Record, payload: &[u8]) -> bool {
+/// `scratch` holds the re-encoding.
+pub fn is_canonical(record: &Record, payload: &[u8], scratch: &mut Vec<u8>) -> bool {
     if record.encoded_len() != payload.len() {
         return false;
     }
-    record.encode_to_vec() == payload
+    scratch.clear();
+    // Cannot fail: a Vec grows as needed.
+    record.encode(scratch).is_ok() && scratch.as_slice() == payload
 }
 
 /// The exact bytes the seal's Ed25519 signature covers (see RECORDING.md, "Seal"):
@@ -217,7 +227,8 @@ mod tests {
     #[test]
     fn frame_round_trip_and_canonical() {
         let r = note(3, "hello");
-        let frame = encode_frame(&r).expect("encode");
+        let mut frame = vec![1, 2, 3];
+        encode_frame_into(&r, &mut frame).expect("encode");
         let len = decode_len(frame[..4].try_into().expect("4 bytes")).expect("len");
         assert_eq!(len + LEN_PREFIX, frame.len());
         assert_eq!(decode_record(&frame).expect("decode"), r);

@@ -22,11 +22,13 @@
 //!   crash left open.
 //! - [`reader`]: [`read_file`] for listing, replay and export, and the frame reader shared
 //!   with verification.
-//! - [`verify`]: [`verify_file`], which reports every break in one file.
+//! - [`verify`]: [`verify_file`] (and [`verify_bytes`]), which reports every break in one
+//!   file.
 //! - [`check`]: [`check::verify_all`], the audit log and every recording cross-checked.
 //! - [`replay`]: playback of terminal output at recorded speed, with keys, the event
 //!   timeline and keyframes for seeking.
 //! - [`export`]: asciicast v2 and JSON Lines.
+//! - [`fuzz`]: [`fuzz::check_untrusted_bytes`], the entry the fuzz target in `fuzz/` calls.
 //!
 //! Architecture invariants: the writer never rewrites or seeks (recovery only cuts a torn
 //! tail, after checking every whole record); the chain covers every byte of every frame
@@ -38,6 +40,7 @@ pub mod audit;
 pub mod check;
 pub mod export;
 pub mod format;
+pub mod fuzz;
 pub mod key;
 pub mod queue;
 pub mod reader;
@@ -51,6 +54,8 @@ pub mod writer;
 mod tests;
 #[cfg(test)]
 mod tests_audit;
+#[cfg(test)]
+mod tests_tamper;
 
 /// Types generated from `proto/recording.proto` (package `drawbridge.recording.v2`).
 #[allow(clippy::all)]
@@ -65,9 +70,9 @@ use serde::{Deserialize, Serialize};
 pub use audit::AuditLog;
 pub use key::{KeyRing, RecordingKey, format_public_key, parse_public_key};
 pub use queue::{RecordSink, Writer};
-pub use reader::{Recording, read_file};
+pub use reader::{Recording, read_bytes, read_file};
 pub use replay::replay;
-pub use verify::{Problem, VerifyReport, verify_file};
+pub use verify::{Problem, VerifyReport, verify_bytes, verify_file};
 pub use writer::{CheckpointPolicy, Recorder, SealSummary};
 
 /// File name extension of recordings: `<session_id>.dbr`.

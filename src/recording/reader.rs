@@ -48,9 +48,9 @@ impl Recording {
 
 /// What the frame reader found next.
 #[derive(Debug)]
-pub(crate) enum NextFrame {
-    /// A whole frame, length prefix included.
-    Frame(Vec<u8>),
+pub(crate) enum NextFrame<'a> {
+    /// A whole frame, length prefix included (valid until the next read).
+    Frame(&'a [u8]),
     /// Clean end of file on a frame boundary.
     End,
     /// The file ends inside a frame: `have` of `need` bytes present.
@@ -60,9 +60,10 @@ pub(crate) enum NextFrame {
 }
 
 /// Reads frames one by one from any byte source, without trusting the lengths: a frame is
-/// only allocated as its bytes actually arrive.
+/// only allocated as its bytes actually arrive. One buffer serves every frame.
 pub(crate) struct FrameReader<R> {
     inner: R,
+    frame: Vec<u8>,
 }
 
 /// How the magic line compared.
@@ -79,7 +80,10 @@ pub(crate) enum Header {
 
 impl<R: Read> FrameReader<R> {
     pub(crate) fn new(inner: R) -> Self {
-        FrameReader { inner }
+        FrameReader {
+            inner,
+            frame: Vec::new(),
+        }
     }
 
     /// Reads and classifies the magic line.
@@ -102,7 +106,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Reads the next frame.
-    pub(crate) fn next_frame(&mut self) -> io::Result<NextFrame> {
+    pub(crate) fn next_frame(&mut self) -> io::Result<NextFrame<'_>> {
         let mut prefix = [0u8; LEN_PREFIX];
         let n = read_full(&mut self.inner, &mut prefix)?;
         if n == 0 {
@@ -118,9 +122,11 @@ impl<R: Read> FrameReader<R> {
             Ok(len) => len,
             Err(format::TooLong(len)) => return Ok(NextFrame::TooLong(len)),
         };
-        let mut frame = Vec::with_capacity(LEN_PREFIX + len.min(64 * 1024));
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.reserve(LEN_PREFIX + len.min(64 * 1024));
         frame.extend_from_slice(&prefix);
-        (&mut self.inner).take(len as u64).read_to_end(&mut frame)?;
+        (&mut self.inner).take(len as u64).read_to_end(frame)?;
         if frame.len() < LEN_PREFIX + len {
             return Ok(NextFrame::Torn {
                 have: frame.len(),
@@ -148,12 +154,22 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Loads a recording: header and every whole record. Fails on a bad magic line, an oversized
 /// frame or an unparsable record; tolerates a torn tail.
 pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
+    read_from(path, BufReader::new(File::open(path)?))
+}
+
+/// [`read_file`] for a recording already in memory; `name` is what errors and
+/// [`Recording::path`] call it.
+pub fn read_bytes(name: &Path, bytes: &[u8]) -> Result<Recording, RecordingError> {
+    read_from(name, bytes)
+}
+
+fn read_from(path: &Path, source: impl Read) -> Result<Recording, RecordingError> {
     let bad = |record: Option<u64>, what: String| RecordingError::Format {
         path: path.to_path_buf(),
         record,
         what,
     };
-    let mut frames = FrameReader::new(BufReader::new(File::open(path)?));
+    let mut frames = FrameReader::new(source);
     match frames.header()? {
         Header::Current => {}
         Header::Truncated => return Err(bad(None, "truncated magic line".into())),
@@ -166,12 +182,14 @@ pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
     }
     let mut records = Vec::new();
     let mut torn_tail = false;
+    let mut scratch = Vec::new();
     loop {
         let index = records.len() as u64;
         match frames.next_frame()? {
             NextFrame::End => break,
             NextFrame::Frame(frame) => {
-                records.push(format::decode_record(&frame).map_err(|w| bad(Some(index), w))?);
+                let record = format::decode_record_with(frame, &mut scratch);
+                records.push(record.map_err(|w| bad(Some(index), w))?);
             }
             NextFrame::Torn { have, need } => {
                 tracing::warn!(path = %path.display(), record = index, have, need,

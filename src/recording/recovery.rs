@@ -94,7 +94,7 @@ fn scan_unsealed(path: &Path, trusted: &KeyRing) -> Result<Unsealed, RecordingEr
             }
         };
         let at = Some(st.pos.seq);
-        let record = format::decode_record(&frame).map_err(|w| refuse(at, w))?;
+        let record = format::decode_record(frame).map_err(|w| refuse(at, w))?;
         let pos = &mut st.pos;
         if record.seq != pos.seq
             || record.prev_hash != pos.chain
@@ -121,7 +121,7 @@ fn scan_unsealed(path: &Path, trusted: &KeyRing) -> Result<Unsealed, RecordingEr
             }
             _ => {}
         }
-        pos.chain = format::chain_next(&pos.chain, &frame);
+        pos.chain = format::chain_next(&pos.chain, frame);
         pos.seq += 1;
         pos.last_time_us = record.time_us;
         st.end += frame.len() as u64;

@@ -87,6 +87,8 @@ pub struct Recorder {
     /// `time_us` is measured from here.
     started: Instant,
     pos: Position,
+    /// The frame being written, kept to reuse its allocation.
+    frame: Vec<u8>,
     /// Records appended since the last checkpoint (or since the file was opened).
     since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -190,6 +192,7 @@ impl Recorder {
             policy,
             started: Instant::now(),
             pos,
+            frame: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             poisoned: false,
@@ -343,13 +346,18 @@ impl Recorder {
             prev_hash: self.pos.chain.to_vec(),
             body: Some(body),
         };
-        let frame = format::encode_frame(&record).map_err(|too_long| RecordingError::Format {
-            path: self.path.clone(),
-            record: Some(self.pos.seq),
-            what: format!("record of {} bytes exceeds the frame limit", too_long.0),
+        // One frame buffer for the recorder's life: no allocation per record.
+        let mut frame = std::mem::take(&mut self.frame);
+        format::encode_frame_into(&record, &mut frame).map_err(|too_long| {
+            RecordingError::Format {
+                path: self.path.clone(),
+                record: Some(self.pos.seq),
+                what: format!("record of {} bytes exceeds the frame limit", too_long.0),
+            }
         })?;
         self.write_or_poison(&frame)?;
         self.pos.chain = format::chain_next(&self.pos.chain, &frame);
+        self.frame = frame;
         self.pos.seq += 1;
         self.pos.output_bytes += counted.0;
         self.pos.input_bytes += counted.1;
