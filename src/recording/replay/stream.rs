@@ -87,7 +87,7 @@ impl RecordStream {
                 self.offset
             ))),
             NextFrame::Frame(frame) => {
-                let record = format::decode_record(&frame)
+                let record = format::decode_record(frame)
                     .map_err(|w| bad(format!("frame at byte {}: {w}", self.offset)))?;
                 let offset = self.offset;
                 self.offset += frame.len() as u64;
