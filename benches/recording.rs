@@ -76,9 +76,10 @@ fn write_recording(dir: &Path, key: &Arc<RecordingKey>, chunk: &[u8], count: u64
     rec.seal("bench over").expect("seal");
 }
 
-fn append(c: &mut Criterion) {
-    let (key, _) = key();
-    let mut group = c.benchmark_group("append");
+/// One throughput bench per chunk size in group `name`; `timed(chunk, iters)` appends
+/// `iters` chunks and returns how long that took.
+fn append_bench(c: &mut Criterion, name: &str, timed: impl Fn(&[u8], u64) -> Duration) {
+    let mut group = c.benchmark_group(name);
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     for size in CHUNKS {
@@ -87,50 +88,39 @@ fn append(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::from_parameter(kib(size)),
             &chunk,
-            |b, chunk| {
-                b.iter_custom(|iters| {
-                    let dir = bench_dir();
-                    let start = Instant::now();
-                    write_recording(dir.path(), &key, chunk, iters);
-                    start.elapsed()
-                });
-            },
+            |b, chunk| b.iter_custom(|iters| timed(chunk, iters)),
         );
     }
     group.finish();
 }
 
+fn append(c: &mut Criterion) {
+    let (key, _) = key();
+    append_bench(c, "append", |chunk, iters| {
+        let dir = bench_dir();
+        let start = Instant::now();
+        write_recording(dir.path(), &key, chunk, iters);
+        start.elapsed()
+    });
+}
+
 fn append_queued(c: &mut Criterion) {
     let (key, _) = key();
-    let mut group = c.benchmark_group("append_queued");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
-    for size in CHUNKS {
-        let chunk = terminal_chunk(size);
-        group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(
-            BenchmarkId::from_parameter(kib(size)),
-            &chunk,
-            |b, chunk| {
-                b.iter_custom(|iters| {
-                    let dir = bench_dir();
-                    let rec = Recorder::create(dir.path(), &meta("bench"), key.clone(), policy())
-                        .expect("create");
-                    // The queue may hold the whole sample: this measures the writer, not the
-                    // fail-closed limit.
-                    let on_failure = Box::new(|why: &str| panic!("writer failed: {why}"));
-                    let writer = Writer::spawn(rec, usize::MAX / 2, on_failure).expect("spawn");
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        writer.sink().output(0, chunk).expect("queue");
-                    }
-                    writer.seal_blocking("bench over").expect("seal");
-                    start.elapsed()
-                });
-            },
-        );
-    }
-    group.finish();
+    append_bench(c, "append_queued", |chunk, iters| {
+        let dir = bench_dir();
+        let rec =
+            Recorder::create(dir.path(), &meta("bench"), key.clone(), policy()).expect("create");
+        // The queue may hold the whole sample: this measures the writer, not the
+        // fail-closed limit.
+        let on_failure = Box::new(|why: &str| panic!("writer failed: {why}"));
+        let writer = Writer::spawn(rec, usize::MAX / 2, on_failure).expect("spawn");
+        let start = Instant::now();
+        for _ in 0..iters {
+            writer.sink().output(0, chunk).expect("queue");
+        }
+        writer.seal_blocking("bench over").expect("seal");
+        start.elapsed()
+    });
 }
 
 fn verify(c: &mut Criterion) {
