@@ -221,24 +221,7 @@ impl Drop for Bouncer {
 /// The gateway with target `pg-1` (TLS verified) and alice granted `app_rw`.
 fn start_gateway(pg: &PgCluster) -> (Gateway, Route) {
     let gateway = Gateway::start();
-    let pw = gateway.path("pg-admin-password");
-    std::fs::write(&pw, SUPERUSER_PASSWORD).expect("password file");
-    let address = format!("127.0.0.1:{}", pg.port);
-    gateway.admin_ok(&[
-        "target",
-        "add",
-        "pg-1",
-        "--protocol",
-        "postgres",
-        "--address",
-        &address,
-        "--admin-user",
-        "postgres",
-        "--admin-password-file",
-        pw.to_str().expect("utf-8"),
-        "--tls-ca",
-        pg.cert.to_str().expect("utf-8"),
-    ]);
+    pg.register(&gateway, "pg-1", &[]);
     let alice = gateway.add_user("alice", &["dev"]);
     let bob = gateway.add_user("bob", &["approvers"]);
     alice.login();

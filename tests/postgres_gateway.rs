@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::pg::{PgCluster, SUPERUSER_PASSWORD};
+use support::pg::PgCluster;
 use support::*;
 
 /// A gateway, a cluster registered as target `pg-1` (env=prod, TLS verified,
@@ -31,28 +31,11 @@ impl PgWorld {
              CREATE TABLE items (id int, name text); GRANT SELECT, INSERT ON items TO app_rw; \
              GRANT CREATE ON SCHEMA public TO app_rw",
         );
-        let pw = gateway.path("pg-admin-password");
-        std::fs::write(&pw, format!("{SUPERUSER_PASSWORD}\n")).expect("password file");
-        let address = format!("127.0.0.1:{}", pg.port);
-        gateway.admin_ok(&[
-            "target",
-            "add",
+        pg.register(
+            &gateway,
             "pg-1",
-            "--protocol",
-            "postgres",
-            "--address",
-            &address,
-            "--admin-user",
-            "postgres",
-            "--admin-password-file",
-            pw.to_str().expect("utf-8"),
-            "--database",
-            "postgres",
-            "--tls-ca",
-            pg.cert.to_str().expect("utf-8"),
-            "--label",
-            "env=prod",
-        ]);
+            &["--database", "postgres", "--label", "env=prod"],
+        );
         let alice = gateway.add_user("alice", &["dev"]);
         let bob = gateway.add_user("bob", &["approvers"]);
         PgWorld {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, stderr, stdout, wait_for_port};
+use super::{Gateway, free_port, stderr, stdout, wait_for_port};
 
 const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 pub const SUPERUSER_PASSWORD: &str = "pg-admin-secret";
@@ -110,6 +110,21 @@ impl PgCluster {
             );
         }
         panic!("postgres failed to start");
+    }
+
+    /// Registers this cluster as PostgreSQL target `name` on `gateway`: TLS
+    /// verified against the cluster's certificate, the superuser as admin role
+    /// with its password in a file; `extra` flags are added as given.
+    pub fn register(&self, gateway: &Gateway, name: &str, extra: &[&str]) {
+        let pw = gateway.path("pg-admin-password");
+        std::fs::write(&pw, format!("{SUPERUSER_PASSWORD}\n")).expect("password file");
+        let address = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["target", "add", name, "--protocol", "postgres"];
+        args.extend(["--address", &address, "--admin-user", "postgres"]);
+        args.extend(["--admin-password-file", pw.to_str().expect("utf-8")]);
+        args.extend(["--tls-ca", self.cert.to_str().expect("utf-8")]);
+        args.extend(extra);
+        gateway.admin_ok(&args);
     }
 
     pub fn url(&self, user: &str, db: &str) -> String {
