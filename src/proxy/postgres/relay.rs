@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ pub const TAP_LIMIT: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes gathered from ready reads before they are written on.
 const BATCH_LIMIT: usize = 256 * 1024;
+const CLIENT_CLOSED: &str = "client disconnected";
 
 /// One side of the relay: its stream and bytes already read from it.
 pub struct Ends {
@@ -107,6 +108,9 @@ struct Tap<'a> {
     started: Mutex<Option<Instant>>,
     waiting: AtomicU32,
     activity: &'a Activity,
+    /// The client sent Terminate: whichever socket closes first after it, the
+    /// client is the one that ended the session.
+    terminated: AtomicBool,
 }
 
 impl Tap<'_> {
@@ -126,6 +130,7 @@ impl Tap<'_> {
             }
             // CopyDone, CopyFail: the target works on the COPY again.
             b'c' | b'f' => self.activity.set_busy(true),
+            b'X' => self.terminated.store(true, Ordering::Relaxed),
             _ => {}
         }
         let body = match body {
@@ -231,6 +236,7 @@ pub async fn run(
         started: Mutex::new(None),
         waiting: AtomicU32::new(0),
         activity,
+        terminated: AtomicBool::new(false),
     };
     let mut to_client = Pump::new(activity);
     let mut from_client_pump = Pump::new(activity);
@@ -240,9 +246,9 @@ pub async fn run(
             &mut down_read,
             &mut up_write,
             downstream.pending,
-            b"QPBEFScf",
+            b"QPBEFScfX",
             |t, b| tap.client(t, b),
-            "client disconnected",
+            CLIENT_CLOSED,
         );
         let from_target = to_client.run(
             &mut up_read,
@@ -267,6 +273,8 @@ pub async fn run(
             tracing::error!(session = session.id(), error = %e, "recording failed; ending the session");
             EndReason::RecordingFailed.to_string()
         }
+        // After a Terminate the target may close before the client does.
+        End::Closed(_) if tap.terminated.load(Ordering::Relaxed) => return CLIENT_CLOSED.into(),
         End::Closed(reason) => return reason,
     };
     // Tell the client why, unless that would land inside a half-sent frame.
