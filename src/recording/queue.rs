@@ -13,9 +13,9 @@
 //! later event is refused, and [`Writer::failure`] says why for the audit log.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -241,58 +241,90 @@ impl RecordSink<'_> {
     }
 }
 
+/// How long the writer thread lets events gather after it was woken up. A busy
+/// session (an HTTP app under load, a fast-scrolling terminal) then costs one
+/// wake-up of this thread per `LINGER` instead of one per event; each wake-up is a
+/// system call on the relay's thread and a context switch on the same two cores.
+/// Durability is unchanged: it comes from checkpoints, not from this.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// The writer thread: applies commands in order and signs checkpoints when due.
 fn run(mut rec: Recorder, rx: Receiver<Cmd>, shared: &Shared, on_failure: OnFailure) {
-    let fail = |e: RecordingError, on_failure: OnFailure| {
+    let mut on_failure = Some(on_failure);
+    let mut fail = |e: String| {
         let why = format!("recording write failed: {e}");
         shared.fail(why.clone());
-        on_failure(&why);
+        if let Some(on_failure) = on_failure.take() {
+            on_failure(&why);
+        }
     };
     loop {
         // A due checkpoint goes first, so a steady stream of events cannot postpone it.
         let deadline = rec.checkpoint_deadline();
         if deadline.is_some_and(|d| d <= Instant::now()) {
             if let Err(e) = rec.checkpoint() {
-                return fail(e, on_failure);
+                return fail(e.to_string());
             }
             continue;
         }
-        let next = match deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match next {
-            Ok(Cmd::Record { at, body, cost }) => {
-                let res = rec.append(at, body);
-                shared.queued.fetch_sub(cost, Ordering::SeqCst);
-                if let Err(e) = res {
-                    return fail(e, on_failure);
-                }
-            }
-            Ok(Cmd::Sync(reply)) => {
-                let res = match rec.checkpoint_deadline() {
-                    Some(_) => rec.checkpoint(),
-                    None => Ok(()),
+        let cmd = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            // Every handle is gone without a seal: leave the file unsealed (the
+            // Recorder's drop flushes it) for restart recovery to seal.
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let next = match deadline {
+                    Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
-                let failed = res.as_ref().err().map(ToString::to_string);
-                // The caller may have stopped waiting; that changes nothing here.
-                let _ = reply.send(res);
-                if let Some(e) = failed {
-                    let why = format!("recording write failed: {e}");
-                    shared.fail(why.clone());
-                    return on_failure(&why);
+                match next {
+                    Ok(cmd) => {
+                        // Woken by an event: let its neighbours arrive before draining.
+                        // Sync and seal requests have someone waiting; they go at once.
+                        if matches!(cmd, Cmd::Record { .. }) {
+                            std::thread::sleep(LINGER);
+                        }
+                        cmd
+                    }
+                    // Loop around: the deadline check above writes the checkpoint.
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            Ok(Cmd::Seal(reason, reply)) => {
-                // The caller may have stopped waiting; the seal is on disk either way.
-                let _ = reply.send(rec.seal(&reason));
-                return;
-            }
-            // Loop around: the deadline check above writes the checkpoint.
-            Err(RecvTimeoutError::Timeout) => {}
-            // Every handle is gone without a seal: leave the file unsealed (the Recorder's
-            // drop flushes it) for restart recovery to seal.
-            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Cmd::Seal(reason, reply) = cmd {
+            // The caller may have stopped waiting; the seal is on disk either way.
+            let _ = reply.send(rec.seal(&reason));
+            return;
+        }
+        if let Err(e) = apply(&mut rec, cmd, shared) {
+            return fail(e);
         }
     }
+}
+
+/// Applies a record or sync command; a failed write comes back as its description.
+fn apply(rec: &mut Recorder, cmd: Cmd, shared: &Shared) -> Result<(), String> {
+    match cmd {
+        Cmd::Record { at, body, cost } => {
+            let res = rec.append(at, body);
+            shared.queued.fetch_sub(cost, Ordering::SeqCst);
+            res.map_err(|e| e.to_string())?;
+        }
+        Cmd::Sync(reply) => {
+            let res = match rec.checkpoint_deadline() {
+                Some(_) => rec.checkpoint(),
+                None => Ok(()),
+            };
+            let failed = res.as_ref().err().map(ToString::to_string);
+            // The caller may have stopped waiting; that changes nothing here.
+            let _ = reply.send(res);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        // Handled by `run`, which gives the recorder up to it.
+        Cmd::Seal(..) => {}
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use crate::access::{Access, Authorization};
 use crate::config::RecordingConfig;
@@ -60,8 +60,10 @@ pub struct Established<C> {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: String,
-    /// `None` once the session is finished. The lock is held only to queue an event.
-    writer: Arc<Mutex<Option<Writer>>>,
+    /// `None` once the session is finished. Read-locked only to queue an event, so
+    /// the requests and channels of one session queue side by side; write-locked
+    /// once, to take the writer for the seal.
+    writer: Arc<RwLock<Option<Writer>>>,
     live: LiveSession,
     store: Arc<dyn Store>,
     audit: AuditLog,
@@ -232,7 +234,7 @@ impl Pipeline {
         });
         Ok(SessionHandle {
             id: id.to_string(),
-            writer: Arc::new(Mutex::new(Some(writer))),
+            writer: Arc::new(RwLock::new(Some(writer))),
             live,
             store: self.store.clone(),
             audit: self.audit.clone(),
@@ -318,7 +320,7 @@ impl SessionHandle {
         write: impl FnOnce(&mut RecordSink<'_>) -> Result<(), RecordingError>,
     ) -> Result<(), RecordingError> {
         // Held only to queue (no IO); never across an await.
-        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.writer.read().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(writer) => write(&mut writer.sink()),
             None => Err(RecordingError::Closed),
@@ -331,7 +333,11 @@ impl SessionHandle {
     /// The seal hash is durable in the audit log before the session is marked ended in the
     /// store, so anyone who sees it ended can verify it against the audit log.
     pub async fn finish(&self, reason: &str) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self
+            .writer
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some(writer) = writer else { return };
         let audit = &self.audit;
         let id = self.id.as_str();
