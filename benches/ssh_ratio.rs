@@ -272,7 +272,7 @@ fn echo_latency(
     interval: Duration,
 ) -> (Vec<f64>, Vec<f64>) {
     // `cat` in canonical mode: the terminal's own echo is what comes back.
-    let sessions = [
+    let mut sessions = [
         open_sessions(direct, n, "cat", true),
         open_sessions(gateway, n, "cat", true),
     ];
@@ -281,8 +281,10 @@ fn echo_latency(
         std::sync::Mutex::new(Vec::with_capacity(n * each)),
     ];
     std::thread::scope(|s| {
-        for (path, sessions) in sessions.into_iter().enumerate() {
-            for (i, mut session) in sessions.into_iter().enumerate() {
+        // Sessions are borrowed, not moved: they all stay open until every one
+        // has finished typing, so no sample includes other sessions' teardown.
+        for (path, sessions) in sessions.iter_mut().enumerate() {
+            for (i, session) in sessions.iter_mut().enumerate() {
                 let samples = &samples[path];
                 s.spawn(move || {
                     // Spread the sessions' keystrokes over the typing interval.
@@ -339,7 +341,9 @@ fn main() {
         .unwrap_or_else(|_| "bulk,scp,setup,concurrent,echo,idle".into());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
-    let w = World::new();
+    let w = World::with_gateway(Gateway::start_with(
+        &std::env::var("BENCH_GATEWAY_EXTRA").unwrap_or_default(),
+    ));
     w.grant_alice("web-1", "root", "1h");
     let direct = direct_path(&w);
     let gateway = gateway_path(&w);

@@ -1,9 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode, so the gateway and the local
 //! admin CLI can use it at the same time.
 //!
-//! Calls are short, indexed statements; they run on the async worker under a
-//! `std::sync::Mutex` rather than `spawn_blocking`, because each takes microseconds
-//! and the lock is never held across an `.await`.
+//! Calls are short, indexed statements under a `std::sync::Mutex` that is never
+//! held across an `.await`. Reads run on the async worker (they take
+//! microseconds); changes wait for the disk at commit, so they run through
+//! [`SqliteStore::write`], which keeps that wait off the worker's other tasks.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
@@ -236,6 +237,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs a change. Its commit waits for the disk (the WAL is synced at every
+    /// commit, so an approval or a revoke survives a power cut), which can take
+    /// milliseconds: on the multi-threaded runtime the worker meanwhile hands its
+    /// other tasks (other sessions' relays) to another thread.
+    fn write<T>(&self, change: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let run = || change(&mut self.lock());
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (every
         // multi-statement change is a transaction), so a poisoned lock is usable.
@@ -307,32 +323,33 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        tx.execute(
-            "INSERT INTO users (name, admin, password_hash, totp_secret, email) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![user.name, user.admin, user.password_hash, user.totp_secret, user.email],
-        )
-        .map_err(|e| conflict_or_db(e, format!("user {}", user.name)))?;
-        let id = tx.last_insert_rowid();
-        for group in &user.groups {
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(db)?;
             tx.execute(
-                "INSERT INTO user_groups VALUES (?1, ?2)",
-                params![id, group],
+                "INSERT INTO users (name, admin, password_hash, totp_secret, email) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user.name, user.admin, user.password_hash, user.totp_secret, user.email],
             )
-            .map_err(db)?;
-        }
-        for key in &user.ssh_keys {
-            tx.execute(
-                "INSERT INTO ssh_keys (fingerprint, user_id, openssh) VALUES (?1, ?2, ?3)",
-                params![key.fingerprint, id, key.openssh],
-            )
-            .map_err(|e| conflict_or_db(e, format!("SSH key {}", key.fingerprint)))?;
-        }
-        Self::bump_revision(&tx)?;
-        tx.commit().map_err(db)?;
-        Self::user_where(&conn, "id = ?1", &id)?
-            .ok_or_else(|| StoreError::NotFound(format!("user {}", user.name)))
+            .map_err(|e| conflict_or_db(e, format!("user {}", user.name)))?;
+            let id = tx.last_insert_rowid();
+            for group in &user.groups {
+                tx.execute(
+                    "INSERT INTO user_groups VALUES (?1, ?2)",
+                    params![id, group],
+                )
+                .map_err(db)?;
+            }
+            for key in &user.ssh_keys {
+                tx.execute(
+                    "INSERT INTO ssh_keys (fingerprint, user_id, openssh) VALUES (?1, ?2, ?3)",
+                    params![key.fingerprint, id, key.openssh],
+                )
+                .map_err(|e| conflict_or_db(e, format!("SSH key {}", key.fingerprint)))?;
+            }
+            Self::bump_revision(&tx)?;
+            tx.commit().map_err(db)?;
+            Self::user_where(&conn, "id = ?1", &id)?
+                .ok_or_else(|| StoreError::NotFound(format!("user {}", user.name)))
+        })
     }
 
     async fn user_by_name(&self, name: &str) -> Result<Option<UserCredentials>> {
@@ -383,67 +400,70 @@ impl Store for SqliteStore {
     }
 
     async fn set_user_disabled(&self, name: &str, disabled: bool, now: UnixTime) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        let n = tx
-            .execute(
-                "UPDATE users SET disabled = ?1 WHERE name = ?2",
-                params![disabled, name],
-            )
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("user {name}")));
-        }
-        if disabled {
-            // Disabling ends every way back in at once: tokens, pending requests
-            // and grants go with the account.
-            let user = "(SELECT id FROM users WHERE name = ?1)";
-            tx.execute(
-                &format!("DELETE FROM tokens WHERE user_id = {user}"),
-                [name],
-            )
-            .map_err(db)?;
-            tx.execute(
-                &format!(
-                    "UPDATE requests SET state = 'cancelled', decided_by = 'system', \
-                     comment = 'user disabled' WHERE user_id = {user} AND state = 'pending'"
-                ),
-                [name],
-            )
-            .map_err(db)?;
-            tx.execute(
-                &format!(
-                    "UPDATE requests SET state = 'revoked', grant_end = MIN(grant_end, ?2), \
-                     decided_by = 'system', comment = 'user disabled' \
-                     WHERE user_id = {user} AND state = 'approved'"
-                ),
-                params![name, now],
-            )
-            .map_err(db)?;
-        }
-        Self::bump_revision(&tx)?;
-        tx.commit().map_err(db)
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let n = tx
+                .execute(
+                    "UPDATE users SET disabled = ?1 WHERE name = ?2",
+                    params![disabled, name],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {name}")));
+            }
+            if disabled {
+                // Disabling ends every way back in at once: tokens, pending requests
+                // and grants go with the account.
+                let user = "(SELECT id FROM users WHERE name = ?1)";
+                tx.execute(
+                    &format!("DELETE FROM tokens WHERE user_id = {user}"),
+                    [name],
+                )
+                .map_err(db)?;
+                tx.execute(
+                    &format!(
+                        "UPDATE requests SET state = 'cancelled', decided_by = 'system', \
+                         comment = 'user disabled' WHERE user_id = {user} AND state = 'pending'"
+                    ),
+                    [name],
+                )
+                .map_err(db)?;
+                tx.execute(
+                    &format!(
+                        "UPDATE requests SET state = 'revoked', grant_end = MIN(grant_end, ?2), \
+                         decided_by = 'system', comment = 'user disabled' \
+                         WHERE user_id = {user} AND state = 'approved'"
+                    ),
+                    params![name, now],
+                )
+                .map_err(db)?;
+            }
+            Self::bump_revision(&tx)?;
+            tx.commit().map_err(db)
+        })
     }
 
     async fn use_totp_step(&self, user: UserId, step: i64) -> Result<bool> {
-        let n = self
-            .lock()
-            .execute(
-                "UPDATE users SET totp_last_step = ?1 WHERE id = ?2 AND totp_last_step < ?1",
-                params![step, user],
-            )
-            .map_err(db)?;
-        Ok(n == 1)
+        self.write(|conn| {
+            let n = conn
+                .execute(
+                    "UPDATE users SET totp_last_step = ?1 WHERE id = ?2 AND totp_last_step < ?1",
+                    params![step, user],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
     }
 
     async fn insert_token(&self, hash: &[u8], user: UserId, expires_at: UnixTime) -> Result<()> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![hash, user, expires_at],
             )
             .map_err(db)?;
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn user_by_token(&self, hash: &[u8], now: UnixTime) -> Result<Option<User>> {
@@ -463,27 +483,28 @@ impl Store for SqliteStore {
     }
 
     async fn create_target(&self, target: Target) -> Result<()> {
-        let labels = serde_json::to_string(&target.labels)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        let postgres = target
-            .postgres
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        let http = target
-            .http
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        self.lock()
-            .execute(
-                "INSERT INTO targets (name, protocol, address, host_key, labels, postgres, http) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![target.name, target.protocol, target.address, target.host_key, labels, postgres, http],
-            )
-            .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
-        Ok(())
+        self.write(|conn| {
+            let labels = serde_json::to_string(&target.labels)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            let postgres = target
+                .postgres
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            let http = target
+                .http
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            conn.execute(
+                    "INSERT INTO targets (name, protocol, address, host_key, labels, postgres, http) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![target.name, target.protocol, target.address, target.host_key, labels, postgres, http],
+                )
+                .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
+            Ok(())
+        })
     }
 
     async fn target(&self, name: &str) -> Result<Option<Target>> {
@@ -513,40 +534,41 @@ impl Store for SqliteStore {
     }
 
     async fn create_request(&self, r: NewRequest) -> Result<AccessRequestRow> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        tx.execute(
-            "INSERT INTO requests (user_id, target, login, duration_secs, reason, ticket, state, \
-             created_at, expires_at, approvals_required, max_sessions, break_glass) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?10, ?11)",
-            params![
-                r.user_id,
-                r.target,
-                r.login,
-                r.duration_secs,
-                r.reason,
-                r.ticket,
-                r.now,
-                r.expires_at,
-                r.approvals_required,
-                r.max_sessions,
-                r.break_glass
-            ],
-        )
-        .map_err(db)?;
-        let id = tx.last_insert_rowid();
-        if r.break_glass {
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(db)?;
             tx.execute(
-                "UPDATE requests SET state = 'approved', grant_start = ?1, \
-                 grant_end = ?1 + duration_secs, decided_by = 'break-glass' WHERE id = ?2",
-                params![r.now, id],
+                "INSERT INTO requests (user_id, target, login, duration_secs, reason, ticket, state, \
+                 created_at, expires_at, approvals_required, max_sessions, break_glass) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    r.user_id,
+                    r.target,
+                    r.login,
+                    r.duration_secs,
+                    r.reason,
+                    r.ticket,
+                    r.now,
+                    r.expires_at,
+                    r.approvals_required,
+                    r.max_sessions,
+                    r.break_glass
+                ],
             )
             .map_err(db)?;
-            Self::bump_revision(&tx)?;
-        }
-        let row = Self::request_by_id(&tx, id)?;
-        tx.commit().map_err(db)?;
-        row.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+            let id = tx.last_insert_rowid();
+            if r.break_glass {
+                tx.execute(
+                    "UPDATE requests SET state = 'approved', grant_start = ?1, \
+                     grant_end = ?1 + duration_secs, decided_by = 'break-glass' WHERE id = ?2",
+                    params![r.now, id],
+                )
+                .map_err(db)?;
+                Self::bump_revision(&tx)?;
+            }
+            let row = Self::request_by_id(&tx, id)?;
+            tx.commit().map_err(db)?;
+            row.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+        })
     }
 
     async fn request(&self, id: RequestId) -> Result<Option<AccessRequestRow>> {
@@ -595,53 +617,54 @@ impl Store for SqliteStore {
         comment: Option<&str>,
         now: UnixTime,
     ) -> Result<(AccessRequestRow, ApprovalOutcome)> {
-        let mut conn = self.lock();
-        // One transaction under the connection lock: concurrent approvals are
-        // serialised, each counted once, and only one crosses the threshold.
-        let tx = conn.transaction().map_err(db)?;
-        let pending: Option<u32> = tx
-            .query_row(
-                "SELECT approvals_required FROM requests \
-                 WHERE id = ?1 AND state = 'pending' AND expires_at > ?2",
-                params![id, now],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        let Some(need) = pending else {
-            return Err(StoreError::Stale(format!("request {id} is not pending")));
-        };
-        let inserted = tx
-            .execute(
-                "INSERT OR IGNORE INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, approver, comment, now],
-            )
-            .map_err(db)?;
-        let have: u32 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM approvals WHERE request_id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        let outcome = if inserted == 0 {
-            ApprovalOutcome::Duplicate
-        } else if have >= need {
-            tx.execute(
-                "UPDATE requests SET state = 'approved', grant_start = ?1, \
-                 grant_end = ?1 + duration_secs, decided_by = ?2, comment = ?3 WHERE id = ?4",
-                params![now, approver, comment, id],
-            )
-            .map_err(db)?;
-            Self::bump_revision(&tx)?;
-            ApprovalOutcome::Granted
-        } else {
-            ApprovalOutcome::Counted { have, need }
-        };
-        let row = Self::request_by_id(&tx, id)?
-            .ok_or_else(|| StoreError::NotFound(format!("request {id}")))?;
-        tx.commit().map_err(db)?;
-        Ok((row, outcome))
+        self.write(|conn| {
+            // One transaction under the connection lock: concurrent approvals are
+            // serialised, each counted once, and only one crosses the threshold.
+            let tx = conn.transaction().map_err(db)?;
+            let pending: Option<u32> = tx
+                .query_row(
+                    "SELECT approvals_required FROM requests \
+                     WHERE id = ?1 AND state = 'pending' AND expires_at > ?2",
+                    params![id, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(need) = pending else {
+                return Err(StoreError::Stale(format!("request {id} is not pending")));
+            };
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, approver, comment, now],
+                )
+                .map_err(db)?;
+            let have: u32 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM approvals WHERE request_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            let outcome = if inserted == 0 {
+                ApprovalOutcome::Duplicate
+            } else if have >= need {
+                tx.execute(
+                    "UPDATE requests SET state = 'approved', grant_start = ?1, \
+                     grant_end = ?1 + duration_secs, decided_by = ?2, comment = ?3 WHERE id = ?4",
+                    params![now, approver, comment, id],
+                )
+                .map_err(db)?;
+                Self::bump_revision(&tx)?;
+                ApprovalOutcome::Granted
+            } else {
+                ApprovalOutcome::Counted { have, need }
+            };
+            let row = Self::request_by_id(&tx, id)?
+                .ok_or_else(|| StoreError::NotFound(format!("request {id}")))?;
+            tx.commit().map_err(db)?;
+            Ok((row, outcome))
+        })
     }
 
     async fn end_request(
@@ -652,61 +675,64 @@ impl Store for SqliteStore {
         comment: Option<&str>,
         now: UnixTime,
     ) -> Result<AccessRequestRow> {
-        let conn = self.lock();
-        let n = conn
-            .execute(
-                "UPDATE requests SET state = ?1, decided_by = ?2, comment = ?3, \
-                 grant_end = CASE WHEN grant_end IS NULL THEN NULL ELSE MIN(grant_end, ?4) END \
-                 WHERE id = ?5 AND state = ?6",
-                params![
-                    ending.to_state().as_str(),
-                    by,
-                    comment,
-                    now,
-                    id,
+        self.write(|conn| {
+            let n = conn
+                .execute(
+                    "UPDATE requests SET state = ?1, decided_by = ?2, comment = ?3, \
+                     grant_end = CASE WHEN grant_end IS NULL THEN NULL ELSE MIN(grant_end, ?4) END \
+                     WHERE id = ?5 AND state = ?6",
+                    params![
+                        ending.to_state().as_str(),
+                        by,
+                        comment,
+                        now,
+                        id,
+                        ending.from_state().as_str()
+                    ],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::Stale(format!(
+                    "request {id} is not {}",
                     ending.from_state().as_str()
-                ],
-            )
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::Stale(format!(
-                "request {id} is not {}",
-                ending.from_state().as_str()
-            )));
-        }
-        Self::bump_revision(&conn)?;
-        Self::request_by_id(&conn, id)?.ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+                )));
+            }
+            Self::bump_revision(&conn)?;
+            Self::request_by_id(&conn, id)?
+                .ok_or_else(|| StoreError::NotFound(format!("request {id}")))
+        })
     }
 
     async fn expire_requests(&self, now: UnixTime) -> Result<Vec<AccessRequestRow>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        let ids: Vec<RequestId> = tx
-            .prepare(
-                "SELECT id FROM requests WHERE (state = 'pending' AND expires_at <= ?1) \
-                 OR (state = 'approved' AND grant_end <= ?1)",
-            )
-            .map_err(db)?
-            .query_map([now], |r| r.get(0))
-            .map_err(db)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db)?;
-        let mut expired = Vec::with_capacity(ids.len());
-        for id in ids {
-            tx.execute(
-                "UPDATE requests SET state = 'expired', decided_by = 'system', comment = \
-                 CASE WHEN grant_end IS NULL THEN 'nobody decided in time' ELSE 'grant ended' END \
-                 WHERE id = ?1",
-                [id],
-            )
-            .map_err(db)?;
-            expired.extend(Self::request_by_id(&tx, id)?);
-        }
-        if !expired.is_empty() {
-            Self::bump_revision(&tx)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(expired)
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let ids: Vec<RequestId> = tx
+                .prepare(
+                    "SELECT id FROM requests WHERE (state = 'pending' AND expires_at <= ?1) \
+                     OR (state = 'approved' AND grant_end <= ?1)",
+                )
+                .map_err(db)?
+                .query_map([now], |r| r.get(0))
+                .map_err(db)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db)?;
+            let mut expired = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.execute(
+                    "UPDATE requests SET state = 'expired', decided_by = 'system', comment = \
+                     CASE WHEN grant_end IS NULL THEN 'nobody decided in time' ELSE 'grant ended' END \
+                     WHERE id = ?1",
+                    [id],
+                )
+                .map_err(db)?;
+                expired.extend(Self::request_by_id(&tx, id)?);
+            }
+            if !expired.is_empty() {
+                Self::bump_revision(&tx)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(expired)
+        })
     }
 
     async fn count_sessions(&self, grant: RequestId) -> Result<u32> {
@@ -720,24 +746,26 @@ impl Store for SqliteStore {
     }
 
     async fn insert_session(&self, s: &SessionRow) -> Result<()> {
-        self.lock()
-            .execute(
-                "INSERT INTO sessions (id, user, target, login, protocol, grant_id, started_at, recording) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![s.id, s.user, s.target, s.login, s.protocol, s.grant_id, s.started_at, s.recording],
-            )
-            .map_err(db)?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                    "INSERT INTO sessions (id, user, target, login, protocol, grant_id, started_at, recording) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![s.id, s.user, s.target, s.login, s.protocol, s.grant_id, s.started_at, s.recording],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
     }
 
     async fn end_session(&self, id: &str, at: UnixTime, reason: &str) -> Result<()> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3",
                 params![at, reason, id],
             )
             .map_err(db)?;
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn list_sessions(&self) -> Result<Vec<SessionRow>> {
