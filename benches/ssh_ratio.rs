@@ -9,7 +9,8 @@
 //! `BENCH_SEQ` (30 sessions), `BENCH_CONC` (8 clients) × `BENCH_CONC_EACH` (10),
 //! `BENCH_ECHO` (100 terminal sessions per path, typing at the same time) ×
 //! `BENCH_ECHO_EACH` (100 keys, one per `BENCH_ECHO_INTERVAL_MS`, 100: a fast typist),
-//! `BENCH_IDLE` (500 idle sessions). `BENCH_PARTS` picks parts (comma list of
+//! `BENCH_IDLE` (500 idle sessions), `BENCH_GATEWAY_EXTRA` (TOML added to the
+//! gateway's config, e.g. a `[recording]` section, for A/B runs). `BENCH_PARTS` picks parts (comma list of
 //! bulk, scp, setup, concurrent, echo, idle; default all).
 //! Everything runs on loopback; the gateway records every session as usual.
 //!
@@ -411,16 +412,24 @@ fn main() {
         row("  same, direct also curve25519", "ms/session", d, g, false);
     }
     if part("concurrent") {
-        let (d, g) = (
-            concurrent(&direct, conc, each),
-            concurrent(&gateway, conc, each),
-        );
+        let d = concurrent(&direct, conc, each);
+        let cpu_before = w.gateway.cpu_seconds();
+        let g = concurrent(&gateway, conc, each);
+        // Both paths are bound by the stock client and sshd (their key exchanges,
+        // sshd's fork and re-exec, the login shell) on the same two cores; the
+        // gateway's own CPU per session says how many it could set up by itself.
+        let per_session = (w.gateway.cpu_seconds() - cpu_before) / (conc * each) as f64;
         row(
             &format!("concurrent setup {conc}×{each}"),
             "sessions/s",
             d,
             g,
             true,
+        );
+        println!(
+            "gateway CPU per session setup: {:.2} ms (capacity {:.0} sessions/s per core)",
+            per_session * 1e3,
+            1.0 / per_session
         );
     }
     if part("echo") {

@@ -17,11 +17,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::format::MAX_DATA_CHUNK;
 use super::proto::{self, record::Body};
 use super::{Recorder, RecordingError, SealSummary};
+
+/// How long a relay waits for room in a backlogged queue before the session is
+/// failed closed.
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Queue accounting charges each event this much on top of its data, so that a flood of
 /// tiny events is bounded too.
@@ -46,15 +50,34 @@ struct Shared {
     limit: usize,
     failed: AtomicBool,
     why: Mutex<Option<String>>,
+    /// Woken when the queue drains below half its limit, or the writer fails.
+    room: Notify,
 }
 
 impl Shared {
     /// Marks the writer failed; the first reason wins.
     fn fail(&self, why: String) {
         self.failed.store(true, Ordering::SeqCst);
-        // A poisoned lock only means another thread panicked while writing the reason.
-        let mut slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(why);
+        {
+            // A poisoned lock only means another thread panicked while writing the reason.
+            let mut slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(why);
+        }
+        self.room.notify_waiters();
+    }
+
+    /// More than half the queue is taken: relays should wait before reading more.
+    fn backlogged(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > self.limit / 2
+    }
+
+    /// The writer took `cost` bytes off the queue.
+    fn drained(&self, cost: usize) {
+        let before = self.queued.fetch_sub(cost, Ordering::SeqCst);
+        let half = self.limit / 2;
+        if before > half && before - cost <= half {
+            self.room.notify_waiters();
+        }
     }
 }
 
@@ -78,6 +101,7 @@ impl Writer {
             limit: limit_bytes,
             failed: AtomicBool::new(false),
             why: Mutex::new(None),
+            room: Notify::new(),
         });
         let name = recorder
             .path()
@@ -94,6 +118,42 @@ impl Writer {
     /// The event API the relays use.
     pub fn sink(&self) -> RecordSink<'_> {
         RecordSink { writer: self }
+    }
+
+    /// Whether a relay should call [`Writer::room`] before reading more.
+    pub fn backlogged(&self) -> bool {
+        self.shared.backlogged()
+    }
+
+    /// Waits while the queue is more than half full, so a relay that outruns the
+    /// disk for a while (a bulk copy on a busy machine) slows down to the disk's
+    /// pace instead of ending the session. A writer that makes no room for
+    /// [`STALL_LIMIT`] is stuck (a full or hung disk): the session is then
+    /// failed closed like a full queue.
+    pub async fn room(&self) -> Result<(), RecordingError> {
+        let shared = &self.shared;
+        let wait = async {
+            loop {
+                let notified = shared.room.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a drain in between is not missed.
+                notified.as_mut().enable();
+                if !shared.backlogged() || shared.failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(STALL_LIMIT, wait).await.is_err() {
+            shared.fail(format!(
+                "recording stalled: the queue stayed over half full for {}s (the disk cannot keep up)",
+                STALL_LIMIT.as_secs()
+            ));
+        }
+        match shared.failed.load(Ordering::SeqCst) {
+            true => Err(RecordingError::WriterGone),
+            false => Ok(()),
+        }
     }
 
     /// Why the writer failed, if it did.
@@ -308,7 +368,7 @@ fn apply(rec: &mut Recorder, cmd: Cmd, shared: &Shared) -> Result<(), String> {
     match cmd {
         Cmd::Record { at, body, cost } => {
             let res = rec.append(at, body);
-            shared.queued.fetch_sub(cost, Ordering::SeqCst);
+            shared.drained(cost);
             res.map_err(|e| e.to_string())?;
         }
         Cmd::Sync(reply) => {
@@ -327,4 +387,51 @@ fn apply(rec: &mut Recorder, cmd: Cmd, shared: &Shared) -> Result<(), String> {
         Cmd::Seal(..) => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer handle with no thread behind it and `queued` bytes waiting, so
+    /// the test decides when room is made.
+    fn backlogged_writer(limit: usize, queued: usize) -> (Writer, Receiver<Cmd>) {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(queued),
+            limit,
+            failed: AtomicBool::new(false),
+            why: Mutex::new(None),
+            room: Notify::new(),
+        });
+        (Writer { tx, shared }, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_waits_for_room_and_goes_on_once_the_writer_drains() {
+        let (writer, _rx) = backlogged_writer(100, 80);
+        assert!(writer.backlogged());
+        let waiting = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.room().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "room while 80 of 100 bytes wait");
+        writer.shared.drained(40);
+        waiting.await.expect("join").expect("room");
+        assert!(writer.failure().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_makes_no_room_fails_the_session_closed() {
+        let (writer, _rx) = backlogged_writer(100, 80);
+        let started = tokio::time::Instant::now();
+        let err = writer.room().await.expect_err("stalled");
+        assert!(matches!(err, RecordingError::WriterGone), "{err}");
+        assert_eq!(started.elapsed(), STALL_LIMIT);
+        let why = writer.failure().expect("reason kept");
+        assert!(why.contains("stalled"), "{why}");
+        // Every later event is refused too.
+        assert!(writer.sink().note("late").is_err());
+    }
 }

@@ -327,6 +327,21 @@ impl SessionHandle {
         }
     }
 
+    /// Waits while the recording queue is backlogged (see [`Writer::room`]);
+    /// relays call it before reading more from either side. Immediate in the
+    /// common case: one atomic load under a read lock.
+    pub async fn recording_room(&self) -> Result<(), RecordingError> {
+        let backlogged = {
+            let guard = self.writer.read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(writer) if writer.backlogged() => writer.clone(),
+                Some(_) => return Ok(()),
+                None => return Err(RecordingError::Closed),
+            }
+        };
+        backlogged.room().await
+    }
+
     /// Seals the recording, marks the session ended and unregisters it. Safe to
     /// call more than once; only the first call does anything.
     ///

@@ -238,8 +238,8 @@ pub async fn run(
         activity,
         terminated: AtomicBool::new(false),
     };
-    let mut to_client = Pump::new(activity);
-    let mut from_client_pump = Pump::new(activity);
+    let mut to_client = Pump::new(activity, session);
+    let mut from_client_pump = Pump::new(activity, session);
     let mut live = session.live();
     let end = {
         let from_client = from_client_pump.run(
@@ -305,14 +305,17 @@ struct Pump<'a> {
     writing: bool,
     /// Touched on every read, for the idle timeout.
     activity: &'a Activity,
+    /// Asked for recording room before every read.
+    session: &'a SessionHandle,
 }
 
 impl<'a> Pump<'a> {
-    fn new(activity: &'a Activity) -> Self {
+    fn new(activity: &'a Activity, session: &'a SessionHandle) -> Self {
         Pump {
             scanner: Scanner::default(),
             writing: false,
             activity,
+            session,
         }
     }
 
@@ -350,6 +353,10 @@ impl<'a> Pump<'a> {
             }
             if at_end {
                 return End::Closed(closed.to_string());
+            }
+            // A backlogged recording slows the reads (and so the peer) down.
+            if let Err(e) = self.session.recording_room().await {
+                return End::Recording(e);
             }
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {

@@ -160,7 +160,12 @@ pub(super) async fn relay(
 
     // Engineer → target. Ends when the engineer closes the channel.
     let upward = async {
-        while let Some(msg) = down_rx.wait().await {
+        // Waiting for recording room before reading leaves the channel's window
+        // closed, so a client that outruns the disk is slowed, not cut off.
+        while record(session.recording_room().await) {
+            let Some(msg) = down_rx.wait().await else {
+                return;
+            };
             match msg {
                 ChannelMsg::Data { data } => {
                     open.activity.touch();
@@ -200,7 +205,10 @@ pub(super) async fn relay(
 
     // Target → engineer. Ends when the target closes the channel.
     let downward = async {
-        while let Some(msg) = up_rx.wait().await {
+        while record(session.recording_room().await) {
+            let Some(msg) = up_rx.wait().await else {
+                break;
+            };
             match msg {
                 ChannelMsg::Data { data } => {
                     open.activity.touch();
