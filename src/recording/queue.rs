@@ -306,7 +306,7 @@ impl RecordSink<'_> {
 /// wake-up of this thread per `LINGER` instead of one per event; each wake-up is a
 /// system call on the relay's thread and a context switch on the same two cores.
 /// Durability is unchanged: it comes from checkpoints, not from this.
-const LINGER: Duration = Duration::from_millis(1);
+const LINGER: Duration = Duration::from_millis(5);
 
 /// The writer thread: applies commands in order and signs checkpoints when due.
 fn run(mut rec: Recorder, rx: Receiver<Cmd>, shared: &Shared, on_failure: OnFailure) {
