@@ -347,7 +347,7 @@ impl Store for SqliteStore {
             }
             Self::bump_revision(&tx)?;
             tx.commit().map_err(db)?;
-            Self::user_where(&conn, "id = ?1", &id)?
+            Self::user_where(conn, "id = ?1", &id)?
                 .ok_or_else(|| StoreError::NotFound(format!("user {}", user.name)))
         })
     }
@@ -697,8 +697,8 @@ impl Store for SqliteStore {
                     ending.from_state().as_str()
                 )));
             }
-            Self::bump_revision(&conn)?;
-            Self::request_by_id(&conn, id)?
+            Self::bump_revision(conn)?;
+            Self::request_by_id(conn, id)?
                 .ok_or_else(|| StoreError::NotFound(format!("request {id}")))
         })
     }
