@@ -11,7 +11,8 @@
 //! `BENCH_ECHO` (100 terminal sessions per path, typing at the same time) ×
 //! `BENCH_ECHO_EACH` (100 keys, one per `BENCH_ECHO_INTERVAL_MS`, 100: a fast typist),
 //! `BENCH_IDLE` (500 idle sessions), `BENCH_GATEWAY_EXTRA` (TOML added to the
-//! gateway's config, e.g. a `[recording]` section, for A/B runs). `BENCH_PARTS` picks parts (comma list of
+//! gateway's config, e.g. a `[recording]` section, for A/B runs), `BENCH_GATEWAY_SSH`
+//! (lines for its `[ssh]` section, e.g. `ciphers = "aes-gcm"`). `BENCH_PARTS` picks parts (comma list of
 //! bulk, scp, setup, concurrent, echo, idle; default all).
 //! Everything runs on loopback; the gateway records every session as usual.
 //!
@@ -348,8 +349,9 @@ fn main() {
         .unwrap_or_else(|_| "bulk,scp,setup,concurrent,echo,idle".into());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
-    let w = World::with_gateway(Gateway::start_with(
+    let w = World::with_gateway(Gateway::start_configured(
         &std::env::var("BENCH_GATEWAY_EXTRA").unwrap_or_default(),
+        &std::env::var("BENCH_GATEWAY_SSH").unwrap_or_default(),
     ));
     w.grant_alice("web-1", "root", "1h");
     let direct = direct_path(&w);

@@ -87,6 +87,22 @@ pub struct SshConfig {
     /// engineers' own keys (the gateway's SSH front trusts them, targets do not).
     #[serde(with = "serde_duration")]
     pub user_cert_validity: Duration,
+    /// Ciphers offered to engineers' clients, which pick by their own order.
+    pub ciphers: SshCiphers,
+}
+
+/// The SSH front's cipher offer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SshCiphers {
+    /// Everything russh offers, ChaCha20-Poly1305 included. OpenSSH clients list
+    /// ChaCha20-Poly1305 first, so they choose it.
+    #[default]
+    Default,
+    /// AES-256-GCM and AES-128-GCM only: with AES-NI about a fifth less gateway
+    /// CPU per byte than ChaCha20-Poly1305. Every OpenSSH since 6.2 and PuTTY since
+    /// 0.76 has them; a client configured without them cannot connect.
+    AesGcm,
 }
 
 impl SshConfig {
@@ -215,6 +231,7 @@ impl Default for SshConfig {
             grant_end_warning: Duration::from_secs(5 * 60),
             request_wait: Duration::from_secs(5 * 60),
             user_cert_validity: Duration::from_secs(12 * 3600),
+            ciphers: SshCiphers::Default,
         }
     }
 }

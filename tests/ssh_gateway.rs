@@ -349,3 +349,47 @@ fn interactive_sessions_are_warned_before_the_grant_ends() {
     let o = w2.alice.ssh_run("root@web-1", "echo quiet");
     assert!(!stderr(&o).contains("ends in"), "{}", stderr(&o));
 }
+
+/// The cipher `ssh -v` says it negotiated with the gateway, and the output.
+fn negotiated_cipher(w: &World, extra: &[&str]) -> (Option<String>, std::process::Output) {
+    let o = w
+        .alice
+        .ssh("root@web-1")
+        .arg("-v")
+        .args(extra)
+        .arg("echo ok")
+        .output()
+        .expect("ssh");
+    let cipher = stderr(&o)
+        .lines()
+        .find_map(|l| l.split("server->client cipher: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string);
+    (cipher, o)
+}
+
+#[test]
+fn the_front_offers_aes_gcm_only_when_configured_so() {
+    // Default: stock OpenSSH picks its first choice, ChaCha20-Poly1305.
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let (cipher, o) = negotiated_cipher(&w, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cipher.as_deref(), Some("chacha20-poly1305@openssh.com"));
+
+    let w = World::with_ssh_config("ciphers = \"aes-gcm\"");
+    w.grant_alice("web-1", "root", "30m");
+    let (cipher, o) = negotiated_cipher(&w, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "ok");
+    assert!(
+        cipher
+            .as_deref()
+            .is_some_and(|c| c.starts_with("aes") && c.ends_with("-gcm@openssh.com")),
+        "{cipher:?}"
+    );
+    // A client that insists on ChaCha20-Poly1305 finds nothing in common.
+    let (_, o) = negotiated_cipher(&w, &["-o", "Ciphers=chacha20-poly1305@openssh.com"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no matching cipher"), "{}", stderr(&o));
+}

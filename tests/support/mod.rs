@@ -188,7 +188,8 @@ impl Gateway {
         Gateway::start_configured("", &format!("{PG_EXTRA_MARK}{pg_extra}"))
     }
 
-    fn start_configured(extra: &str, ssh_extra: &str) -> Gateway {
+    /// Both: `extra` before the listener settings, `ssh_extra` at the end of `[ssh]`.
+    pub fn start_configured(extra: &str, ssh_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("drawbridge.toml");
         let any = "127.0.0.1:0";

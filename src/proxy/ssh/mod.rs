@@ -31,7 +31,7 @@ use russh::keys::ssh_key::public::KeyData;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::SshConfig;
+use crate::config::{SshCiphers, SshConfig};
 use crate::identity::FailureLimiter;
 use crate::session::Pipeline;
 use crate::store::Store;
@@ -57,6 +57,19 @@ pub struct SshFront {
     config: Arc<russh::server::Config>,
 }
 
+/// What the front offers engineers' clients (`[ssh] ciphers`).
+fn downstream_algorithms(ciphers: SshCiphers) -> russh::Preferred {
+    use russh::cipher;
+    let defaults = russh::Preferred::default();
+    match ciphers {
+        SshCiphers::Default => defaults,
+        SshCiphers::AesGcm => russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[cipher::AES_256_GCM, cipher::AES_128_GCM]),
+            ..defaults
+        },
+    }
+}
+
 impl SshFront {
     pub fn new(
         pipeline: Arc<Pipeline>,
@@ -78,6 +91,7 @@ impl SshFront {
             nodelay: true,
             window_size: WINDOW_SIZE,
             maximum_packet_size: MAX_PACKET,
+            preferred: downstream_algorithms(settings.ciphers),
             ..Default::default()
         };
         SshFront {
