@@ -320,6 +320,14 @@ impl SqliteStore {
     }
 }
 
+/// A column holding `value` as JSON (NULL for `None`).
+fn json_column<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>> {
+    value
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Database(e.to_string()))
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
@@ -483,26 +491,16 @@ impl Store for SqliteStore {
     }
 
     async fn create_target(&self, target: Target) -> Result<()> {
+        // Encoded before the write: nothing but the statement runs under the lock.
+        let labels = json_column(Some(&target.labels))?;
+        let postgres = json_column(target.postgres.as_ref())?;
+        let http = json_column(target.http.as_ref())?;
         self.write(|conn| {
-            let labels = serde_json::to_string(&target.labels)
-                .map_err(|e| StoreError::Database(e.to_string()))?;
-            let postgres = target
-                .postgres
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| StoreError::Database(e.to_string()))?;
-            let http = target
-                .http
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| StoreError::Database(e.to_string()))?;
             conn.execute(
-                    "INSERT INTO targets (name, protocol, address, host_key, labels, postgres, http) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![target.name, target.protocol, target.address, target.host_key, labels, postgres, http],
-                )
-                .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
+                "INSERT INTO targets (name, protocol, address, host_key, labels, postgres, http) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![target.name, target.protocol, target.address, target.host_key, labels, postgres, http],
+            )
+            .map_err(|e| conflict_or_db(e, format!("target {}", target.name)))?;
             Ok(())
         })
     }
