@@ -105,6 +105,21 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// CPU seconds used by the master and its workers so far.
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let workers: f64 = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(process_cpu_seconds)
+            .sum();
+        process_cpu_seconds(pid) + workers
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM: the master stops its workers (SIGKILL would orphan them).
@@ -246,7 +261,9 @@ fn main() {
     }
     let started = Instant::now();
     let direct = wrk(&direct_url, &[], secs);
+    let nginx_before = proxy.cpu_seconds();
     let nginx = wrk(&proxy_url, &[], secs);
+    let nginx_cpu = proxy.cpu_seconds() - nginx_before;
     let cpu_before = w.gateway.cpu_seconds();
     let gateway = wrk(&gateway_url, &gateway_headers, secs);
     let cpu = w.gateway.cpu_seconds() - cpu_before;
@@ -284,6 +301,11 @@ fn main() {
         "gateway CPU: {cpu:.2} s for {:.0} requests ({:.1} µs per request)",
         gateway.rps * secs as f64,
         cpu * 1e6 / (gateway.rps * secs as f64)
+    );
+    println!(
+        "nginx proxy CPU: {nginx_cpu:.2} s for {:.0} requests ({:.1} µs per request)",
+        nginx.rps * secs as f64,
+        nginx_cpu * 1e6 / (nginx.rps * secs as f64)
     );
     assert!(
         !w.gateway.log().contains("upstream request failed"),

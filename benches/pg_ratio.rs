@@ -293,16 +293,37 @@ fn main() {
             .collect();
         println!("{what:<36}{}   {}", cells.join(""), ratios.join(", "));
     };
+    // The proxies' own CPU per transaction says how much of the gap is their
+    // work rather than scheduling: all processes share the same two cores.
+    let proxy_cpu = |name: &str| match name {
+        "pgbouncer" => bouncer
+            .as_ref()
+            .map_or(0.0, |(b, _)| process_cpu_seconds(b.0.id())),
+        "gateway" => gateway.cpu_seconds(),
+        _ => 0.0,
+    };
+    let mut cpu_notes = Vec::new();
     for (what, args) in [
         ("pgbench -S -c 8, simple (TPS)", &[][..]),
         ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..]),
     ] {
-        let tps: Vec<f64> = routes
-            .iter()
-            .map(|r| pgbench(r, 8, secs, args, None).tps)
-            .collect();
+        let mut tps = Vec::new();
+        for r in &routes {
+            let before = proxy_cpu(r.name);
+            let b = pgbench(r, 8, secs, args, None);
+            let used = proxy_cpu(r.name) - before;
+            if used > 0.0 {
+                let per_txn = used / (b.tps * secs as f64) * 1e6;
+                cpu_notes.push(format!("{} {per_txn:.1}", r.name));
+            }
+            tps.push(b.tps);
+        }
         row(what, &tps);
     }
+    println!(
+        "  proxy CPU per transaction over those runs (µs, simple then prepared): {}",
+        cpu_notes.join(", ")
+    );
     let mut means = Vec::new();
     let mut p99s = Vec::new();
     for r in &routes {

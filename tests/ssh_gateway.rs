@@ -393,3 +393,142 @@ fn the_front_offers_aes_gcm_only_when_configured_so() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no matching cipher"), "{}", stderr(&o));
 }
+
+/// Bytes that do not compress or repeat (xorshift), so a dropped or reordered
+/// packet cannot go unnoticed.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A loopback proxy for one connection to `port` that flips the lowest bit of the
+/// client's byte number `flip_at`, as a faulty path or an attacker on it would.
+fn bit_flipping_proxy(port: u16, flip_at: usize) -> u16 {
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let proxy_port = listener.local_addr().expect("proxy addr").port();
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().expect("accept");
+        let server = TcpStream::connect(("127.0.0.1", port)).expect("connect gateway");
+        let (mut from_client, mut to_server) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        let (mut from_server, mut to_client) = (server, client);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_server, &mut to_client);
+            let _ = to_client.shutdown(Shutdown::Both);
+        });
+        let (mut seen, mut buf) = (0, [0u8; 16384]);
+        while let Ok(n @ 1..) = from_client.read(&mut buf) {
+            if (seen..seen + n).contains(&flip_at) {
+                buf[flip_at - seen] ^= 1;
+            }
+            seen += n;
+            if to_server.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to_server.shutdown(Shutdown::Both);
+    });
+    proxy_port
+}
+
+/// Runs `cmd` with `input` on its stdin, killed after 60 s so a hang fails the test.
+fn run_with_input(cmd: &mut std::process::Command, input: Vec<u8>) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The client may die before reading everything; that is for the caller to judge.
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("client still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn chacha20_poly1305_carries_megabytes_both_ways_and_refuses_a_flipped_bit() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let data = noise(4 << 20);
+
+    // Upload (the gateway opens ChaCha20-Poly1305 packets) and download (it seals them).
+    let o = run_with_input(w.alice.ssh("root@web-1").arg("sha256sum"), data.clone());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).split_whitespace().next(),
+        Some(sha256_hex(&data).as_str())
+    );
+    let file = w.gateway.dir.path().join("noise.bin");
+    std::fs::write(&file, &data).expect("write noise");
+    let o = w
+        .alice
+        .ssh_run("root@web-1", &format!("cat {}", file.display()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.stdout == data,
+        "download differs ({} bytes)",
+        o.stdout.len()
+    );
+
+    // One bit flipped on the way in, a megabyte into the upload: the packet fails
+    // its tag, the connection ends, and nothing after the bad packet reaches the target.
+    let copy = w.gateway.dir.path().join("copy.bin");
+    let proxy = bit_flipping_proxy(w.alice.ssh_port, 1 << 20);
+    let o = run_with_input(
+        w.alice
+            .ssh_via(proxy, "root@web-1")
+            .arg(format!("cat > {}", copy.display())),
+        data.clone(),
+    );
+    assert!(!o.status.success(), "a corrupted upload succeeded");
+    assert!(
+        ["closed by remote host", "Broken pipe", "Connection reset"]
+            .iter()
+            .any(|m| stderr(&o).contains(m)),
+        "{}",
+        stderr(&o)
+    );
+    let written = std::fs::read(&copy).unwrap_or_default();
+    assert!(
+        written.len() < data.len(),
+        "all {} bytes arrived",
+        written.len()
+    );
+    assert!(
+        written == data[..written.len()],
+        "corrupted bytes reached the target"
+    );
+
+    // The gateway goes on serving.
+    let o = w.alice.ssh_run("root@web-1", "echo still-serving");
+    assert_eq!(stdout(&o).trim(), "still-serving", "{}", stderr(&o));
+}

@@ -315,6 +315,7 @@ impl Recorder {
             .flush()
             .and_then(|()| self.out.get_ref().sync_all());
         self.poison_on_err(res)?;
+        release_written_pages(self.out.get_ref());
         self.sealed = true;
         Ok(SealSummary {
             records: self.pos.seq,
@@ -372,7 +373,9 @@ impl Recorder {
             .out
             .flush()
             .and_then(|()| self.out.get_ref().sync_data());
-        self.poison_on_err(res)
+        self.poison_on_err(res)?;
+        release_written_pages(self.out.get_ref());
+        Ok(())
     }
 
     fn write_or_poison(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
@@ -387,6 +390,16 @@ impl Recorder {
             RecordingError::Io(e)
         })
     }
+}
+
+/// Drops the file's pages from the page cache once they are on disk. A recording is
+/// written once and read rarely, so keeping it cached would only push out what the
+/// machine does use; and the kernel then reuses the same few pages for the next writes.
+/// On virtual machines that hand free memory back to the host this matters most: writing
+/// into fresh pages measured 5x slower than into reused ones (240 vs 1200 MB/s), and a
+/// bulk SSH copy spent 40% of the gateway's CPU there. Advice only, so errors are ignored.
+fn release_written_pages(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 impl Drop for Recorder {

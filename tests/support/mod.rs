@@ -155,6 +155,19 @@ impl Drop for Sshd {
     }
 }
 
+/// User plus system CPU time a process has used so far, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields overall, in clock ticks (100 per second).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
 /// The real gateway binary with its own data, recordings and ports.
 pub struct Gateway {
     pub dir: TempDir,
@@ -248,16 +261,7 @@ impl Gateway {
 
     /// CPU seconds (user + system) the gateway process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields overall, in clock ticks (100 per second).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+        process_cpu_seconds(self.child.id())
     }
 
     pub fn log(&self) -> String {
@@ -606,20 +610,17 @@ impl User {
 
     /// Stock OpenSSH client, non-interactive, pinned to the gateway's host key.
     pub fn ssh(&self, user_at_target: &str) -> Command {
+        self.ssh_via(self.ssh_port, user_at_target)
+    }
+
+    /// The same, connecting to `port` on loopback (a proxy in front of the gateway).
+    pub fn ssh_via(&self, port: u16, user_at_target: &str) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-p", &self.ssh_port.to_string(), "-i"])
-            .arg(&self.key)
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-            ])
+        cmd.args(["-p", &port.to_string()])
+            .args(self.client_options())
+            // The pinned host key is filed under the gateway's own port.
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+            .arg(format!("HostKeyAlias=[127.0.0.1]:{}", self.ssh_port))
             .arg(format!("{user_at_target}@127.0.0.1"))
             .stdin(Stdio::null());
         cmd
