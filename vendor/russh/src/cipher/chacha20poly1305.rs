@@ -15,16 +15,19 @@
 
 // http://cvsweb.openbsd.org/cgi-bin/cvsweb/src/usr.bin/ssh/PROTOCOL.chacha20poly1305?annotate=HEAD
 //
-// Drawbridge: built on RustCrypto's `chacha20` and `poly1305` instead of
-// ring's `chacha20_poly1305_openssh`. ring's Poly1305 is scalar; poly1305's
-// AVX2 backend and chacha20's AVX-512 backend (enabled by `--cfg
-// chacha20_avx512`, see the workspace's `.cargo/config.toml`) are picked at run
-// time and make the cipher about 1.5x faster on x86_64 (see DRAWBRIDGE.md).
+// Drawbridge: packets of 8 KiB and more go through RustCrypto's `chacha20`
+// and `poly1305`, smaller ones through ring's `chacha20_poly1305_openssh`.
+// ring's Poly1305 is scalar; poly1305's AVX2 backend and chacha20's AVX-512
+// backend (enabled by `--cfg chacha20_avx512`, see the workspace's
+// `.cargo/config.toml`) are picked at run time and make bulk packets about 1.4x
+// faster, but cost about 2 µs more per packet to set up, so ring stays faster
+// below 8 KiB (keystrokes, acknowledgements). See DRAWBRIDGE.md.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20Legacy;
 use poly1305::universal_hash::KeyInit;
 use poly1305::Poly1305;
+use ring::aead::chacha20_poly1305_openssh as ring_openssh;
 use subtle::ConstantTimeEq;
 
 use super::super::Error;
@@ -32,6 +35,8 @@ use crate::mac::MacAlgorithm;
 
 const KEY_LEN: usize = 64;
 const TAG_LEN: usize = 16;
+/// From this many bytes (length field included) the vector backends win.
+const VECTOR_FROM: usize = 8 * 1024;
 
 pub struct SshChacha20Poly1305Cipher {}
 
@@ -47,7 +52,10 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
-        Box::new(OpeningKey(Keys::new(k)))
+        Box::new(OpeningKey(
+            Keys::new(k),
+            ring_openssh::OpeningKey::new(&key_array(k)),
+        ))
     }
 
     fn make_sealing_key(
@@ -57,7 +65,10 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
-        Box::new(SealingKey(Keys::new(k)))
+        Box::new(SealingKey(
+            Keys::new(k),
+            ring_openssh::SealingKey::new(&key_array(k)),
+        ))
     }
 }
 
@@ -93,13 +104,19 @@ impl Keys {
     }
 }
 
+fn key_array(k: &[u8]) -> [u8; KEY_LEN] {
+    let mut key = [0; KEY_LEN];
+    key.copy_from_slice(&k[..KEY_LEN]);
+    key
+}
+
 fn nonce(sequence_number: u32) -> [u8; 8] {
     u64::from(sequence_number).to_be_bytes()
 }
 
-pub struct OpeningKey(Keys);
+pub struct OpeningKey(Keys, ring_openssh::OpeningKey);
 
-pub struct SealingKey(Keys);
+pub struct SealingKey(Keys, ring_openssh::SealingKey);
 
 impl super::OpeningKey for OpeningKey {
     fn decrypt_packet_length(
@@ -109,10 +126,7 @@ impl super::OpeningKey for OpeningKey {
     ) -> [u8; 4] {
         let mut length = [0; 4];
         length.copy_from_slice(&encrypted_packet_length[..4]);
-        self.0
-            .length_cipher(sequence_number)
-            .apply_keystream(&mut length);
-        length
+        self.1.decrypt_packet_length(sequence_number, length)
     }
 
     fn tag_len(&self) -> usize {
@@ -130,6 +144,14 @@ impl super::OpeningKey for OpeningKey {
         let (ciphertext, tag) = ciphertext_and_tag.split_at_mut(ciphertext_len);
         if ciphertext.len() < super::PACKET_LENGTH_LEN {
             return Err(Error::DecryptionError);
+        }
+        if ciphertext.len() < VECTOR_FROM {
+            let mut ring_tag = [0; TAG_LEN];
+            ring_tag.copy_from_slice(tag);
+            return self
+                .1
+                .open_in_place(sequence_number, ciphertext, &ring_tag)
+                .map_err(|_| Error::DecryptionError);
         }
         let (mut cipher, mac) = self.0.payload_cipher(sequence_number);
         let expected = mac.compute_unpadded(ciphertext);
@@ -180,6 +202,13 @@ impl super::SealingKey for SealingKey {
         plaintext_in_ciphertext_out: &mut [u8],
         tag: &mut [u8],
     ) {
+        if plaintext_in_ciphertext_out.len() < VECTOR_FROM {
+            let mut ring_tag = [0; TAG_LEN];
+            self.1
+                .seal_in_place(sequence_number, plaintext_in_ciphertext_out, &mut ring_tag);
+            tag.copy_from_slice(&ring_tag);
+            return;
+        }
         let (length, payload) =
             plaintext_in_ciphertext_out.split_at_mut(super::PACKET_LENGTH_LEN);
         self.0
