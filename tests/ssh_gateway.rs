@@ -510,13 +510,10 @@ fn chacha20_poly1305_carries_megabytes_both_ways_and_refuses_a_flipped_bit() {
         data.clone(),
     );
     assert!(!o.status.success(), "a corrupted upload succeeded");
-    assert!(
-        ["closed by remote host", "Broken pipe", "Connection reset"]
-            .iter()
-            .any(|m| stderr(&o).contains(m)),
-        "{}",
-        stderr(&o)
-    );
+    // It failed after logging in (ssh may say nothing more than its exit status):
+    // the upload's and the download's sessions, and this one, all ended.
+    assert!(!stderr(&o).contains("host key"), "{}", stderr(&o));
+    wait_until_ended(&w, 3);
     let written = std::fs::read(&copy).unwrap_or_default();
     assert!(
         written.len() < data.len(),
