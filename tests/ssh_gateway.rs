@@ -492,7 +492,14 @@ fn chacha20_poly1305_carries_megabytes_both_ways_and_refuses_a_flipped_bit() {
     let o = w
         .alice
         .ssh_run("root@web-1", &format!("cat {}", file.display()));
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{:?} {} ({} bytes) gateway log: {}",
+        o.status,
+        stderr(&o),
+        o.stdout.len(),
+        w.gateway.log()
+    );
     assert!(
         o.stdout == data,
         "download differs ({} bytes)",

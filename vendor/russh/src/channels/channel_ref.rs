@@ -156,6 +156,30 @@ impl ChannelRef {
     }
 }
 
+/// A channel the session has removed (its peer closed it) may still hold
+/// messages for a slow reader: its last data, exit status, EOF and Close. A task
+/// delivers them in order as the reader takes them, instead of losing them with
+/// the channel (which cut the tail off downloads whose reader lagged).
+impl Drop for ChannelRef {
+    fn drop(&mut self) {
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if held.queue.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let sender = self.sender.clone();
+        runtime.spawn(async move {
+            for msg in held.queue {
+                if sender.send(msg.into_msg()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 impl std::ops::Deref for ChannelRef {
     type Target = Sender<ChannelMsg>;
 
