@@ -113,7 +113,7 @@ impl PostgresFront {
 /// of them, both legs in the same event loop, so relaying a query never wakes
 /// another thread: with the gateway's main runtime, whose workers steal each
 /// other's tasks, a `pgbench -S` transaction cost 34–37 µs of gateway CPU, most of
-/// it context switches and cross-CPU wake-ups; on these, 28–31 µs. They are
+/// it context switches and cross-CPU wake-ups; on these, 27.5–30 µs. They are
 /// multi-threaded runtimes of one worker rather than current-thread ones so that
 /// `block_in_place` (SQLite commits wait for the disk) still hands the event loop
 /// to another thread instead of stalling the other sessions on it.
