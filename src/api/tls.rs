@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
 use crate::proxy::http::HttpFront;
+use crate::proxy::relay_runtimes::relay_runtimes;
 
 /// The HTTPS listener's TLS: certificates minted per server name by the
 /// gateway's local CA (see `certs`); HTTP/2 and HTTP/1.1 by ALPN.
@@ -66,6 +67,9 @@ pub async fn serve_tls(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    // Each connection, and the upstream connections its requests use, on one
+    // relay runtime: a proxied request never hops threads.
+    let relays = relay_runtimes();
     loop {
         // Accept is cancel-safe; in-flight requests finish on their own tasks.
         let (stream, peer) = tokio::select! {
@@ -80,7 +84,7 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let front = front.clone();
-        tokio::spawn(async move {
+        let spawned = relays.spawn(stream, move |stream| async move {
             let _ = stream.set_nodelay(true);
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
@@ -97,5 +101,8 @@ pub async fn serve_tls(
                 tracing::debug!(%peer, error = %e, "https connection error");
             }
         });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "https accept failed");
+        }
     }
 }

@@ -4,11 +4,13 @@
 //! the public keys served at `/.well-known/jwks.json`.
 //!
 //! One assertion is reused until shortly before it expires, so signing is not on
-//! the per-request path.
+//! the per-request path; it is kept as a ready header value, so reusing it
+//! copies nothing.
 
 use std::sync::{Arc, Mutex};
 
 use base64ct::{Base64UrlUnpadded, Encoding};
+use hyper::header::HeaderValue;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Serialize;
 
@@ -133,7 +135,7 @@ pub struct HttpCredential {
     signer: Arc<AssertionSigner>,
     template: Claims,
     not_after: Option<UnixTime>,
-    cached: Mutex<Option<(String, UnixTime)>>,
+    cached: Mutex<Option<(HeaderValue, UnixTime)>>,
 }
 
 impl std::fmt::Debug for HttpCredential {
@@ -148,11 +150,12 @@ impl std::fmt::Debug for HttpCredential {
 impl HttpCredential {
     /// A valid assertion: the cached one while it has a minute left, else a new
     /// one expiring in five minutes or at the grant's end, whichever is first.
-    pub fn assertion(&self, now: UnixTime) -> Result<String, CredentialError> {
+    pub fn assertion(&self, now: UnixTime) -> Result<HeaderValue, CredentialError> {
         if self.not_after.is_some_and(|end| end <= now) {
             return Err(CredentialError::Mint("the grant has ended".into()));
         }
-        // Held for a clone or one signature (tens of microseconds), never across IO.
+        // Held for a reference-count bump or one signature (tens of microseconds),
+        // never across IO.
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((jwt, exp)) = cached.as_ref() {
             // One capped by the grant's end cannot be improved on: keep it while valid.
@@ -175,7 +178,9 @@ impl HttpCredential {
             jti,
             ..self.template.clone()
         };
-        let jwt = self.signer.sign(&claims)?;
+        // Base64url and dots only, so always a valid header value.
+        let jwt = HeaderValue::try_from(self.signer.sign(&claims)?)
+            .map_err(|e| CredentialError::Mint(e.to_string()))?;
         *cached = Some((jwt.clone(), exp));
         Ok(jwt)
     }

@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod postgres;
+pub mod relay_runtimes;
 pub mod ssh;

@@ -88,27 +88,23 @@ pub fn strip_client_credentials(headers: &mut HeaderMap, consumed_authorization:
 }
 
 /// Our session cookie's value, if the client sent one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{SESSION_COOKIE}="))
-                .map(str::to_string)
-        })
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
 }
 
 /// The bearer token, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?
         .strip_prefix("Bearer ")
-        .map(|t| t.trim().to_string())
+        .map(str::trim)
 }
 
 /// Masks the values of query parameters that commonly carry secrets, for the

@@ -100,15 +100,14 @@ impl HttpFront {
             return self.callback(&req);
         }
         let bearer = headers::bearer(req.headers());
-        let token = bearer
-            .clone()
-            .or_else(|| headers::session_cookie(req.headers()));
+        let had_bearer = bearer.is_some();
+        let token = bearer.or_else(|| headers::session_cookie(req.headers()));
         let identity = match token {
-            Some(token) => self.tokens.identify(self.store.as_ref(), &token).await,
+            Some(token) => self.tokens.identify(self.store.as_ref(), token).await,
             None => None,
         };
         let Some(identity) = identity else {
-            return self.unauthenticated(&req, bearer.is_some());
+            return self.unauthenticated(&req, had_bearer);
         };
         let session = match self
             .sessions
@@ -118,7 +117,7 @@ impl HttpFront {
             Ok(session) => session,
             Err(refusal) => return refusal,
         };
-        upstream::forward(req, &session, bearer.is_some(), peer).await
+        upstream::forward(req, &session, had_bearer, peer).await
     }
 
     /// Exchanges a one-time code from the login page for this app host's own

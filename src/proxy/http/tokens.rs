@@ -3,10 +3,11 @@
 //! transaction, file locks included, per request; that was the largest cost of
 //! a proxied request. A verified token is trusted again for at most [`TTL`],
 //! the same bound as a revoke reaching a live HTTP session. Refused tokens are
-//! never remembered, and tokens are kept by their SHA-256, not their value.
+//! never remembered (a refusal also forgets what was remembered), and tokens
+//! are kept by their SHA-256, not their value.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::identity::{self, Identity};
@@ -16,44 +17,81 @@ use crate::time;
 /// How long a verified token is trusted without asking the store again.
 pub const TTL: Duration = Duration::from_secs(1);
 
+/// Past this age one request asks the store again while the others keep using
+/// the remembered identity, so a busy token is re-verified before it expires
+/// instead of every in-flight request missing at once when it does.
+const REFRESH_AFTER: Duration = Duration::from_millis(500);
+
 /// Past this many entries, expired ones are dropped on the next insert.
 const PRUNE_ABOVE: usize = 4096;
 
 type Digest = [u8; 32];
 
+struct Verified {
+    identity: Arc<Identity>,
+    at: Instant,
+    /// A request is re-verifying it.
+    refreshing: bool,
+}
+
 #[derive(Default)]
 pub struct RecentTokens {
-    verified: Mutex<HashMap<Digest, (Identity, Instant)>>,
+    verified: Mutex<HashMap<Digest, Verified>>,
 }
 
 impl RecentTokens {
     /// The identity `token` belongs to, from memory when verified within
     /// [`TTL`], else from the store; `None` for an unknown, expired or revoked
     /// token or a disabled user.
-    pub async fn identify(&self, store: &dyn Store, token: &str) -> Option<Identity> {
+    pub async fn identify(&self, store: &dyn Store, token: &str) -> Option<Arc<Identity>> {
         let key = digest(token);
         let now = Instant::now();
         if let Some(identity) = self.recent(&key, now) {
             return Some(identity);
         }
-        let identity = identity::by_token(store, token, time::now()).await.ok()?;
-        self.remember(key, identity.clone(), now);
-        Some(identity)
+        match identity::by_token(store, token, time::now()).await {
+            Ok(identity) => {
+                let identity = Arc::new(identity);
+                self.remember(key, identity.clone(), now);
+                Some(identity)
+            }
+            Err(_) => {
+                self.forget(&key);
+                None
+            }
+        }
     }
 
-    fn recent(&self, key: &Digest, now: Instant) -> Option<Identity> {
-        // Held for a lookup and a clone, never across an await.
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        let (identity, at) = verified.get(key)?;
-        (now.duration_since(*at) < TTL).then(|| identity.clone())
+    /// The remembered identity; `None` when the caller must ask the store
+    /// (unknown, expired, or this caller is the one to re-verify it).
+    fn recent(&self, key: &Digest, now: Instant) -> Option<Arc<Identity>> {
+        // Held for a lookup, never across an await.
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = verified.get_mut(key)?;
+        let age = now.duration_since(entry.at);
+        if age >= TTL || (age >= REFRESH_AFTER && !std::mem::replace(&mut entry.refreshing, true)) {
+            return None;
+        }
+        Some(entry.identity.clone())
     }
 
-    fn remember(&self, key: Digest, identity: Identity, now: Instant) {
+    fn remember(&self, key: Digest, identity: Arc<Identity>, now: Instant) {
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= PRUNE_ABOVE {
-            verified.retain(|_, (_, at)| now.duration_since(*at) < TTL);
+            verified.retain(|_, v| now.duration_since(v.at) < TTL);
         }
-        verified.insert(key, (identity, now));
+        let entry = Verified {
+            identity,
+            at: now,
+            refreshing: false,
+        };
+        verified.insert(key, entry);
+    }
+
+    /// A token the store refused is not trusted from memory either.
+    fn forget(&self, key: &Digest) {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified.remove(key);
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,6 +23,7 @@ use super::json_error;
 use super::sessions::HttpSession;
 use super::tls::{self, UpstreamConnector};
 use crate::credentials::{Credential, HttpCredential};
+use crate::proxy::relay_runtimes::{self, relay_runtimes};
 use crate::session::{Upstream, UpstreamError};
 use crate::store::Target;
 use crate::time;
@@ -98,11 +100,17 @@ impl HttpUpstream {
 /// What a session needs to reach its upstream.
 pub struct HttpConnection {
     /// `host:port` of the app, its `Host` header.
-    address: String,
-    /// `http://host:port` or `https://host:port`.
+    host: HeaderValue,
+    /// `http://host:port` or `https://host:port`, for rewriting redirects.
     origin: String,
-    /// The session's own pool: its connections carry this target's TLS settings.
-    client: Client<UpstreamConnector, Body>,
+    /// The parts of `origin` every upstream request's URI starts with.
+    scheme: Scheme,
+    authority: Authority,
+    /// The session's own pools, one per relay runtime (`relay_runtimes::current`):
+    /// a pooled connection's task lives on the runtime that opened it, so a
+    /// request only ever takes connections of its own thread. Its connections
+    /// carry this target's TLS settings.
+    clients: Vec<Client<UpstreamConnector, Body>>,
     response_timeout: Duration,
     credential: HttpCredential,
     injection: Injection,
@@ -128,10 +136,16 @@ impl Upstream for HttpUpstream {
         };
         let connector = self.connector(target)?;
         let origin = format!("{}://{}", connector.scheme(), target.address);
-        let origin_uri = Uri::try_from(origin.as_str()).map_err(|e| UpstreamError::Protocol {
+        let bad_address = |e: &dyn std::fmt::Display| UpstreamError::Protocol {
             target: target.name.clone(),
             reason: format!("address {:?}: {e}", target.address),
-        })?;
+        };
+        let origin_uri = Uri::try_from(origin.as_str()).map_err(|e| bad_address(&e))?;
+        let host = HeaderValue::from_str(&target.address).map_err(|e| bad_address(&e))?;
+        let (Some(scheme), Some(authority)) = (origin_uri.scheme(), origin_uri.authority()) else {
+            return Err(bad_address(&"not host:port"));
+        };
+        let (scheme, authority) = (scheme.clone(), authority.clone());
         self.probe(target, &connector, &origin_uri).await?;
         let injection = Injection::for_session(target.http.as_ref(), &credential).map_err(|e| {
             // The details may name a file; the client is only told where to look.
@@ -143,17 +157,31 @@ impl Upstream for HttpUpstream {
             }
         })?;
         Ok(HttpConnection {
-            address: target.address.clone(),
+            host,
             origin,
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector),
+            scheme,
+            authority,
+            clients: (0..relay_runtimes().count())
+                .map(|_| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(60))
+                        .build(connector.clone())
+                })
+                .collect(),
             response_timeout: self.response_timeout,
             credential: *credential,
             injection,
             record_bodies: target.http.as_ref().and_then(|s| s.record_bodies),
             target: target.name.clone(),
         })
+    }
+}
+
+impl HttpConnection {
+    /// The pool of the relay runtime this request runs on.
+    fn client(&self) -> &Client<UpstreamConnector, Body> {
+        let i = relay_runtimes::current().unwrap_or(0);
+        &self.clients[i % self.clients.len()]
     }
 }
 
@@ -209,8 +237,7 @@ pub async fn forward(
         None
     };
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match Uri::try_from(format!("{}{path_and_query}", conn.origin)) {
+    parts.uri = match upstream_uri(conn, std::mem::take(&mut parts.uri)) {
         Ok(uri) => uri,
         Err(_) => return answer(&exchange, StatusCode::BAD_REQUEST, "invalid request target"),
     };
@@ -219,19 +246,13 @@ pub async fn forward(
     parts.version = hyper::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_client_credentials(&mut parts.headers, consumed_bearer);
-    inject(
-        &mut parts.headers,
-        conn,
-        assertion.as_deref(),
-        &original_host,
-        peer,
-    );
+    inject(&mut parts.headers, conn, assertion, &original_host, peer);
     let body = Counted::new(body, exchange.clone(), Direction::In);
     let upstream_req = Request::from_parts(parts, Body::new(body));
 
     let response = match tokio::time::timeout(
         conn.response_timeout,
-        conn.client.request(upstream_req),
+        conn.client().request(upstream_req),
     )
     .await
     {
@@ -267,10 +288,23 @@ pub async fn forward(
     Response::from_parts(parts, Body::new(body))
 }
 
+/// The client's path and query on the app's origin.
+fn upstream_uri(conn: &HttpConnection, client_uri: Uri) -> Result<Uri, hyper::http::Error> {
+    let path_and_query = client_uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(conn.scheme.clone())
+        .authority(conn.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+}
+
 fn inject(
     headers: &mut hyper::HeaderMap,
     conn: &HttpConnection,
-    assertion: Option<&str>,
+    assertion: Option<HeaderValue>,
     host: &str,
     peer: SocketAddr,
 ) {
@@ -279,17 +313,20 @@ fn inject(
             headers.insert(name, v);
         }
     };
-    if let Some(assertion) = assertion {
-        set(ASSERTION_HEADER, assertion.to_string());
-    }
     set("x-forwarded-for", peer.ip().to_string());
-    set("x-forwarded-proto", "https".into());
     set("x-forwarded-host", host.to_string());
     set(
         "forwarded",
         format!("for=\"{}\";proto=https;host=\"{host}\"", peer.ip()),
     );
-    set("host", conn.address.clone());
+    if let Some(assertion) = assertion {
+        headers.insert(ASSERTION_HEADER, assertion);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
+    headers.insert(header::HOST, conn.host.clone());
     conn.injection.apply(headers);
 }
 

@@ -17,8 +17,7 @@ pub mod wire;
 pub use upstream::PostgresUpstream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::PostgresConfig;
+use crate::proxy::relay_runtimes::relay_runtimes;
 use crate::session::Pipeline;
 use crate::store::Store;
 
@@ -86,70 +86,15 @@ impl PostgresFront {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             let front = self.clone();
-            // The socket moves to the relay runtime's own reactor.
-            let stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "postgres accept failed");
-                    continue;
-                }
-            };
-            relays.next().spawn(async move {
-                let stream = match tokio::net::TcpStream::from_std(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "postgres connection lost before relay");
-                        return;
-                    }
-                };
+            let spawned = relays.spawn(stream, move |stream| async move {
                 let _ = stream.set_nodelay(true);
                 downstream::serve(front, stream, peer).await;
             });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "postgres accept failed");
+            }
         }
     }
-}
-
-/// One runtime with a single worker thread per core. Each connection lives on one
-/// of them, both legs in the same event loop, so relaying a query never wakes
-/// another thread: with the gateway's main runtime, whose workers steal each
-/// other's tasks, a `pgbench -S` transaction cost 34–37 µs of gateway CPU, most of
-/// it context switches and cross-CPU wake-ups; on these, 27.5–30 µs. They are
-/// multi-threaded runtimes of one worker rather than current-thread ones so that
-/// `block_in_place` (SQLite commits wait for the disk) still hands the event loop
-/// to another thread instead of stalling the other sessions on it.
-struct RelayRuntimes {
-    runtimes: Vec<tokio::runtime::Runtime>,
-    next: AtomicUsize,
-}
-
-impl RelayRuntimes {
-    /// Round robin: connections spread evenly over the cores.
-    fn next(&self) -> &tokio::runtime::Runtime {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.runtimes[i % self.runtimes.len()]
-    }
-}
-
-/// Started on first use and kept for the life of the process.
-fn relay_runtimes() -> &'static RelayRuntimes {
-    static RUNTIMES: OnceLock<RelayRuntimes> = OnceLock::new();
-    RUNTIMES.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let runtimes = (0..cores)
-            .map(|i| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name(format!("pg-relay-{i}"))
-                    .enable_all()
-                    .build()
-                    .expect("start a PostgreSQL relay runtime")
-            })
-            .collect();
-        RelayRuntimes {
-            runtimes,
-            next: AtomicUsize::new(0),
-        }
-    })
 }
 
 /// Where a cancel request for one of our sessions must go.
