@@ -8,8 +8,9 @@
 //!
 //! `cargo bench --bench http_ratio` (release). Needs `nginx` and `wrk`: installed
 //! with apt-get when missing and possible, otherwise the bench says so and
-//! skips. `BENCH_SECS` (default 10) per row, `BENCH_CONNS` (50) connections,
-//! `BENCH_THREADS` (2) wrk threads.
+//! skips. `BENCH_SECS` (default 10) per row, `BENCH_ROUNDS` (3) alternating
+//! rounds of nginx and the gateway (medians are printed), `BENCH_CONNS` (50)
+//! connections, `BENCH_THREADS` (2) wrk threads.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -175,6 +176,34 @@ fn wrk(url: &str, headers: &[String], secs: u64) -> Run {
     }
 }
 
+/// A wrk run and the CPU seconds the proxy under test used during it.
+struct Measured {
+    run: Run,
+    cpu: f64,
+}
+
+impl Measured {
+    fn of(run: impl FnOnce() -> Run, cpu_seconds: impl Fn() -> f64) -> Measured {
+        let before = cpu_seconds();
+        let run = run();
+        Measured {
+            run,
+            cpu: cpu_seconds() - before,
+        }
+    }
+
+    fn cpu_per_request(&self, secs: u64) -> f64 {
+        self.cpu * 1e6 / (self.run.rps * secs as f64)
+    }
+}
+
+fn print_run(what: &str, run: &Run) {
+    println!(
+        "{what:<38} {:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {}",
+        run.rps, run.p50_ms, run.p99_ms, run.errors
+    );
+}
+
 /// wrk's `1.23ms`, `456.00us`, `1.50s` in milliseconds.
 fn millis(v: &str) -> f64 {
     let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
@@ -259,53 +288,76 @@ fn main() {
     ] {
         wrk(url, headers, 2);
     }
+    let rounds = env_num("BENCH_ROUNDS", 3).max(1);
     let started = Instant::now();
     let direct = wrk(&direct_url, &[], secs);
-    let nginx_before = proxy.cpu_seconds();
-    let nginx = wrk(&proxy_url, &[], secs);
-    let nginx_cpu = proxy.cpu_seconds() - nginx_before;
-    let cpu_before = w.gateway.cpu_seconds();
-    let gateway = wrk(&gateway_url, &gateway_headers, secs);
-    let cpu = w.gateway.cpu_seconds() - cpu_before;
+    // The machine's speed drifts over a run (other tenants, frequency), so
+    // nginx and the gateway alternate, each round in the other order, and each
+    // round's ratio compares two neighbouring measurements.
+    let mut rows: Vec<(Measured, Measured)> = Vec::new();
+    for round in 0..rounds {
+        let measure_nginx = || Measured::of(|| wrk(&proxy_url, &[], secs), || proxy.cpu_seconds());
+        let measure_gateway = || {
+            Measured::of(
+                || wrk(&gateway_url, &gateway_headers, secs),
+                || w.gateway.cpu_seconds(),
+            )
+        };
+        rows.push(if round % 2 == 0 {
+            let n = measure_nginx();
+            (n, measure_gateway())
+        } else {
+            let g = measure_gateway();
+            (measure_nginx(), g)
+        });
+    }
     assert!(
-        started.elapsed() < Duration::from_secs(secs * 3 + 120),
+        started.elapsed() < Duration::from_secs(secs * (1 + 2 * rounds) + 120),
         "benchmark exceeded its time bound"
     );
     println!(
-        "http_ratio: wrk {} connections, keep-alive, {}-byte page, {secs} s per row",
+        "http_ratio: wrk {} connections, keep-alive, {}-byte page, {secs} s per row, {rounds} rounds",
         env_num("BENCH_CONNS", 50),
         612
     );
-    for (what, run) in [
-        ("upstream nginx direct (HTTP)", &direct),
-        ("nginx proxy_pass (HTTPS)", &nginx),
-        ("drawbridge (HTTPS)", &gateway),
-    ] {
+    print_run("upstream nginx direct (HTTP)", &direct);
+    for (i, (nginx, gateway)) in rows.iter().enumerate() {
+        print_run(
+            &format!("round {}: nginx proxy_pass (HTTPS)", i + 1),
+            &nginx.run,
+        );
+        print_run(
+            &format!("round {}: drawbridge (HTTPS)", i + 1),
+            &gateway.run,
+        );
         println!(
-            "{what:<30} {:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {}",
-            run.rps, run.p50_ms, run.p99_ms, run.errors
+            "round {}: ratio {:.2}; CPU per request: nginx {:.1} µs, drawbridge {:.1} µs",
+            i + 1,
+            gateway.run.rps / nginx.run.rps,
+            nginx.cpu_per_request(secs),
+            gateway.cpu_per_request(secs)
         );
     }
+    let median = |f: &dyn Fn(&(Measured, Measured)) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!(
-        "ratio drawbridge/nginx {:.2}   nginx/direct {:.2}   drawbridge/direct {:.2}",
-        gateway.rps / nginx.rps,
-        nginx.rps / direct.rps,
-        gateway.rps / direct.rps
+        "median ratio drawbridge/nginx {:.2}   nginx/direct {:.2}   drawbridge/direct {:.2}",
+        median(&|(n, g)| g.run.rps / n.run.rps),
+        median(&|(n, _)| n.run.rps) / direct.rps,
+        median(&|(_, g)| g.run.rps) / direct.rps
     );
     println!(
-        "p99 added over direct: nginx {:.2} ms, drawbridge {:.2} ms",
-        nginx.p99_ms - direct.p99_ms,
-        gateway.p99_ms - direct.p99_ms
+        "median p99 added over direct: nginx {:.2} ms, drawbridge {:.2} ms",
+        median(&|(n, _)| n.run.p99_ms) - direct.p99_ms,
+        median(&|(_, g)| g.run.p99_ms) - direct.p99_ms
     );
     println!(
-        "gateway CPU: {cpu:.2} s for {:.0} requests ({:.1} µs per request)",
-        gateway.rps * secs as f64,
-        cpu * 1e6 / (gateway.rps * secs as f64)
-    );
-    println!(
-        "nginx proxy CPU: {nginx_cpu:.2} s for {:.0} requests ({:.1} µs per request)",
-        nginx.rps * secs as f64,
-        nginx_cpu * 1e6 / (nginx.rps * secs as f64)
+        "median CPU per request: nginx {:.1} µs, drawbridge {:.1} µs",
+        median(&|(n, _)| n.cpu_per_request(secs)),
+        median(&|(_, g)| g.cpu_per_request(secs))
     );
     assert!(
         !w.gateway.log().contains("upstream request failed"),

@@ -121,11 +121,11 @@ pub async fn login_page(
 ) -> Response {
     let next = safe_next(q.next.as_deref(), &s.apps_domain);
     if let Some(token) = crate::proxy::http::session_cookie(&headers)
-        && identity::by_token(s.store.as_ref(), &token, time::now())
+        && identity::by_token(s.store.as_ref(), token, time::now())
             .await
             .is_ok()
     {
-        return redirect(&after_login(&s, &next, &token), None);
+        return redirect(&after_login(&s, &next, token), None);
     }
     page(&next, None).into_response()
 }

@@ -100,3 +100,74 @@ fn digest(token: &str) -> Digest {
     key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::TotpSecret;
+    use crate::secret::Secret;
+    use crate::store::{NewUser, SqliteStore};
+
+    /// alice, and a login token of hers.
+    async fn alice_token(store: &SqliteStore) -> String {
+        let secret = TotpSecret::generate().expect("secret");
+        let password = Secret::new("pw".to_string());
+        store
+            .create_user(NewUser {
+                name: "alice".into(),
+                groups: vec![],
+                admin: false,
+                email: None,
+                password_hash: Some(identity::hash_password(&password).expect("hash")),
+                totp_secret: Some(secret.bytes().to_vec()),
+                ssh_keys: vec![],
+            })
+            .await
+            .expect("user");
+        let now = time::now();
+        let code = identity::totp_code(secret.bytes(), now);
+        let alice = identity::by_password_totp(store, "alice", &password, &code, now)
+            .await
+            .expect("login");
+        let token = identity::issue_token(store, &alice, 3600, now)
+            .await
+            .expect("token");
+        token.value().expose().clone()
+    }
+
+    fn age(tokens: &RecentTokens, token: &str, by: Duration) {
+        let mut verified = tokens.verified.lock().expect("lock");
+        let entry = verified.get_mut(&digest(token)).expect("remembered");
+        entry.at = entry.at.checked_sub(by).expect("instant");
+    }
+
+    #[tokio::test]
+    async fn a_busy_token_is_reverified_by_one_caller_and_never_trusted_past_the_ttl() {
+        let store = SqliteStore::in_memory().expect("store");
+        let token = alice_token(&store).await;
+        let tokens = RecentTokens::default();
+        assert!(tokens.identify(&store, &token).await.is_some());
+        store
+            .set_user_disabled("alice", true, time::now())
+            .await
+            .expect("disable");
+        assert!(
+            tokens.identify(&store, &token).await.is_some(),
+            "remembered for less than the TTL"
+        );
+
+        // Past half the TTL one caller is sent to the store, the others are not.
+        age(&tokens, &token, REFRESH_AFTER);
+        let key = digest(&token);
+        assert!(tokens.recent(&key, Instant::now()).is_none());
+        assert!(tokens.recent(&key, Instant::now()).is_some());
+        assert!(tokens.recent(&key, Instant::now()).is_some());
+
+        // Past the TTL everyone asks the store, which refuses the disabled user,
+        // and the refusal also forgets what was remembered.
+        age(&tokens, &token, TTL);
+        assert!(tokens.identify(&store, &token).await.is_none());
+        assert!(!tokens.verified.lock().expect("lock").contains_key(&key));
+        assert!(tokens.identify(&store, "not-a-token").await.is_none());
+    }
+}
