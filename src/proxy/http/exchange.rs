@@ -116,6 +116,7 @@ impl Exchange {
     }
 
     fn note(&self) -> String {
+        use std::fmt::Write;
         let outcome = self
             .outcome
             .get()
@@ -124,22 +125,27 @@ impl Exchange {
             self.bytes_in.load(Ordering::Relaxed),
             self.bytes_out.load(Ordering::Relaxed),
         );
-        let mut details = format!(
-            "in {bytes_in} B, out {bytes_out} B, {} ms",
+        // One string, written in place: this runs for every request.
+        let mut note = String::with_capacity(self.request_line.len() + outcome.len() + 64);
+        let _ = write!(
+            note,
+            "http {} {outcome} (in {bytes_in} B, out {bytes_out} B, {} ms",
+            self.request_line,
             self.started.elapsed().as_millis()
         );
         if !self.delivered.load(Ordering::Relaxed) {
-            details.push_str(", abandoned by the client");
+            note.push_str(", abandoned by the client");
         }
         if let Some(capture) = self.capture {
-            details.push_str(&format!("; bodies on channel {}", capture.channel));
+            let _ = write!(note, "; bodies on channel {}", capture.channel);
             for (what, bytes) in [("request", bytes_in), ("response", bytes_out)] {
                 if bytes > capture.limit {
-                    details.push_str(&format!(", {what} body truncated at {} B", capture.limit));
+                    let _ = write!(note, ", {what} body truncated at {} B", capture.limit);
                 }
             }
         }
-        format!("http {} {outcome} ({details})", self.request_line)
+        note.push(')');
+        note
     }
 }
 

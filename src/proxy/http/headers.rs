@@ -38,22 +38,25 @@ pub const SESSION_COOKIE: &str = "drawbridge_session";
 /// Removes the headers named in `Connection` and the fixed hop-by-hop list.
 /// `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for a websocket handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    let kept =
+        |name: &HeaderName| keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION);
+    // One pass over the few headers a message has, rather than a lookup per
+    // listed name: this runs twice on every proxied request.
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
         .collect();
-    for name in named {
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+            .cloned(),
+    );
+    for name in doomed.iter().filter(|name| !kept(name)) {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (*name == "upgrade" || *name == "connection") {
-            continue;
-        }
-        headers.remove(*name);
     }
 }
 
