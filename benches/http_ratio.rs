@@ -10,7 +10,8 @@
 //! with apt-get when missing and possible, otherwise the bench says so and
 //! skips. `BENCH_SECS` (default 10) per row, `BENCH_ROUNDS` (3) alternating
 //! rounds of nginx and the gateway (medians are printed), `BENCH_CONNS` (50)
-//! connections, `BENCH_THREADS` (2) wrk threads.
+//! connections, `BENCH_THREADS` (2) wrk threads. A last row per path uses one
+//! connection, for the latency each proxy adds when nothing queues.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -141,6 +142,10 @@ struct Run {
 
 fn wrk(url: &str, headers: &[String], secs: u64) -> Run {
     let (conns, threads) = (env_num("BENCH_CONNS", 50), env_num("BENCH_THREADS", 2));
+    wrk_with(url, headers, secs, conns, threads)
+}
+
+fn wrk_with(url: &str, headers: &[String], secs: u64, conns: u64, threads: u64) -> Run {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "--latency",
@@ -358,6 +363,25 @@ fn main() {
         "median CPU per request: nginx {:.1} µs, drawbridge {:.1} µs",
         median(&|(n, _)| n.cpu_per_request(secs)),
         median(&|(_, g)| g.cpu_per_request(secs))
+    );
+    // One connection, one request at a time: what each proxy adds to a request
+    // when nothing queues behind it (at 50 connections the machine is saturated
+    // and latency is mostly waiting).
+    let single = |url: &str, headers: &[String]| wrk_with(url, headers, secs, 1, 1);
+    let (direct1, nginx1, gateway1) = (
+        single(&direct_url, &[]),
+        single(&proxy_url, &[]),
+        single(&gateway_url, &gateway_headers),
+    );
+    print_run("1 connection: direct", &direct1);
+    print_run("1 connection: nginx proxy_pass", &nginx1);
+    print_run("1 connection: drawbridge", &gateway1);
+    println!(
+        "1 connection, added over direct: nginx p50 {:.3} / p99 {:.3} ms, drawbridge p50 {:.3} / p99 {:.3} ms",
+        nginx1.p50_ms - direct1.p50_ms,
+        nginx1.p99_ms - direct1.p99_ms,
+        gateway1.p50_ms - direct1.p50_ms,
+        gateway1.p99_ms - direct1.p99_ms
     );
     assert!(
         !w.gateway.log().contains("upstream request failed"),
