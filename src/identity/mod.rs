@@ -220,11 +220,12 @@ pub async fn still_enabled(store: &dyn Store, identity: &Identity) -> Result<boo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{NewUser, SqliteStore};
 
-    async fn alice(store: &SqliteStore, secret: &TotpSecret) {
+    /// Creates alice, password `pw`, TOTP with `secret`.
+    pub(crate) async fn alice(store: &SqliteStore, secret: &TotpSecret) {
         store
             .create_user(NewUser {
                 name: "alice".into(),

@@ -106,26 +106,15 @@ mod tests {
     use super::*;
     use crate::identity::TotpSecret;
     use crate::secret::Secret;
-    use crate::store::{NewUser, SqliteStore};
+    use crate::store::SqliteStore;
 
     /// alice, and a login token of hers.
     async fn alice_token(store: &SqliteStore) -> String {
         let secret = TotpSecret::generate().expect("secret");
-        let password = Secret::new("pw".to_string());
-        store
-            .create_user(NewUser {
-                name: "alice".into(),
-                groups: vec![],
-                admin: false,
-                email: None,
-                password_hash: Some(identity::hash_password(&password).expect("hash")),
-                totp_secret: Some(secret.bytes().to_vec()),
-                ssh_keys: vec![],
-            })
-            .await
-            .expect("user");
+        identity::tests::alice(store, &secret).await;
         let now = time::now();
         let code = identity::totp_code(secret.bytes(), now);
+        let password = Secret::new("pw".to_string());
         let alice = identity::by_password_totp(store, "alice", &password, &code, now)
             .await
             .expect("login");
