@@ -299,15 +299,15 @@ fn main() {
     // The machine's speed drifts over a run (other tenants, frequency), so
     // nginx and the gateway alternate, each round in the other order, and each
     // round's ratio compares two neighbouring measurements.
+    let measure_nginx = || Measured::of(|| wrk(&proxy_url, &[], secs), || proxy.cpu_seconds());
+    let measure_gateway = || {
+        Measured::of(
+            || wrk(&gateway_url, &gateway_headers, secs),
+            || w.gateway.cpu_seconds(),
+        )
+    };
     let mut rows: Vec<(Measured, Measured)> = Vec::new();
     for round in 0..rounds {
-        let measure_nginx = || Measured::of(|| wrk(&proxy_url, &[], secs), || proxy.cpu_seconds());
-        let measure_gateway = || {
-            Measured::of(
-                || wrk(&gateway_url, &gateway_headers, secs),
-                || w.gateway.cpu_seconds(),
-            )
-        };
         rows.push(if round % 2 == 0 {
             let n = measure_nginx();
             (n, measure_gateway())
