@@ -6,6 +6,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/recording.proto");
     let fds = protox::compile(["proto/recording.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    prost_build::Config::new()
+        // Session data as `Bytes`: the relay's buffer is recorded without a copy.
+        .bytes([".drawbridge.recording.v2.Data.data"])
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -184,7 +184,7 @@ fn write_recording(dir: &Path, length: Duration) -> std::path::PathBuf {
         let at = start + FRAME_EVERY * n as u32;
         let data = Data {
             channel: 0,
-            data: top_frame(n),
+            data: top_frame(n).into(),
         };
         rec.append(at, Body::Output(data)).expect("output");
     }

@@ -39,7 +39,13 @@ fn hourly_frames(dir: &Path, frames: u32) -> PathBuf {
     )];
     for n in 0..frames {
         let data = format!("\x1b[H\x1b[2Jframe {n}\r\n").into_bytes();
-        events.push((HOUR * n, Body::Output(proto::Data { channel: 0, data })));
+        events.push((
+            HOUR * n,
+            Body::Output(proto::Data {
+                channel: 0,
+                data: data.into(),
+            }),
+        ));
     }
     let upload = "channel 2: sftp close /tmp/x wrote 1258291 bytes".to_string();
     events.push((HOUR / 2, Body::Note(proto::Note { text: upload })));

@@ -6,9 +6,10 @@
 //! `proto/RECORDING.md` describes exactly what is here.
 
 use prost::Message;
+use prost::encoding::{self, WireType};
 use ring::digest::{Context, SHA256, digest};
 
-use super::proto::{Checkpoint, Record, Seal};
+use super::proto::{Checkpoint, Record, Seal, record::Body};
 
 /// The first bytes of every v2 recording file.
 pub const MAGIC: &[u8] = b"DRAWBRIDGE-REC v2\n";
@@ -51,9 +52,17 @@ pub fn genesis_hash() -> Hash {
 /// `h_{i+1} = SHA-256(h_i || frame_i)`, where `frame_i` is the whole frame of record `i`:
 /// its 4-byte length prefix followed by the encoded record.
 pub fn chain_next(prev: &Hash, frame: &[u8]) -> Hash {
+    chain_next_parts(prev, &[frame])
+}
+
+/// [`chain_next`] of a frame held in consecutive pieces (a head and its payload, see
+/// [`encode_frame_into`]).
+pub fn chain_next_parts(prev: &Hash, frame: &[&[u8]]) -> Hash {
     let mut ctx = Context::new(&SHA256);
     ctx.update(prev);
-    ctx.update(frame);
+    for part in frame {
+        ctx.update(part);
+    }
     finish(ctx)
 }
 
@@ -74,19 +83,49 @@ pub fn sha256(bytes: &[u8]) -> Hash {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooLong(pub u64);
 
-/// Encodes `record` as a whole frame into `frame` (cleared first, so a writer reuses one
-/// buffer for every record): 4-byte big-endian length, then the record.
-pub fn encode_frame_into(record: &Record, frame: &mut Vec<u8>) -> Result<(), TooLong> {
+/// Encodes `record` as a frame into `frame` (cleared first, so a writer reuses one buffer
+/// for every record): 4-byte big-endian length, then the record. The whole frame is
+/// `frame` followed by the returned payload, which is empty except for `Output` and
+/// `Input` records: their data bytes come last in the canonical encoding, so they are
+/// returned as they are instead of being copied into `frame` (bulk transfers are written
+/// and hashed straight from the relay's buffer).
+pub fn encode_frame_into<'r>(record: &'r Record, frame: &mut Vec<u8>) -> Result<&'r [u8], TooLong> {
     let len = record.encoded_len();
     let len32 = u32::try_from(len)
         .ok()
         .filter(|l| *l <= MAX_FRAME_LEN)
         .ok_or(TooLong(len as u64))?;
     frame.clear();
-    frame.reserve(LEN_PREFIX + len);
     frame.extend_from_slice(&len32.to_be_bytes());
-    // Encoding into a Vec only fails on insufficient capacity, which a Vec never has.
-    record.encode(frame).map_err(|_| TooLong(len as u64))
+    let (tag, data) = match &record.body {
+        Some(Body::Output(data)) if !data.data.is_empty() => (11, data),
+        Some(Body::Input(data)) if !data.data.is_empty() => (12, data),
+        _ => {
+            frame.reserve(len);
+            // Encoding into a Vec only fails on insufficient capacity, which a Vec never has.
+            record.encode(frame).map_err(|_| TooLong(len as u64))?;
+            return Ok(&[]);
+        }
+    };
+    // What prost writes for this record, field by field in number order (proto3 defaults
+    // omitted), stopping before the data bytes. The unit tests compare it with prost.
+    if record.seq != 0 {
+        encoding::uint64::encode(1, &record.seq, frame);
+    }
+    if record.time_us != 0 {
+        encoding::uint64::encode(2, &record.time_us, frame);
+    }
+    if !record.prev_hash.is_empty() {
+        encoding::bytes::encode(3, &record.prev_hash, frame);
+    }
+    encoding::encode_key(tag, WireType::LengthDelimited, frame);
+    encoding::encode_varint(data.encoded_len() as u64, frame);
+    if data.channel != 0 {
+        encoding::uint32::encode(1, &data.channel, frame);
+    }
+    encoding::encode_key(2, WireType::LengthDelimited, frame);
+    encoding::encode_varint(data.data.len() as u64, frame);
+    Ok(&data.data)
 }
 
 /// Reads a length prefix, enforcing [`MAX_FRAME_LEN`].
@@ -212,7 +251,7 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::{Note, record::Body};
+    use super::super::proto::{self, Note};
     use super::*;
 
     fn note(seq: u64, text: &str) -> Record {
@@ -237,6 +276,38 @@ mod tests {
         let mut extra = frame.clone();
         extra.extend_from_slice(&[0x98, 0x06, 0x01]);
         assert!(decode_record(&extra).is_err());
+    }
+
+    /// The head-and-payload encoding of data records must be byte for byte what prost
+    /// writes, at every varint boundary of the lengths and with default fields omitted.
+    #[test]
+    fn data_frames_split_at_the_payload_match_prost() {
+        for len in [1, 127, 128, 16_383, 16_384, 32_768, MAX_DATA_CHUNK] {
+            for (seq, time_us, channel) in [(0, 0, 0), (1, 9, 3), (u64::MAX, 300, u32::MAX)] {
+                let data = proto::Data {
+                    channel,
+                    data: bytes::Bytes::from(vec![0xa5; len]),
+                };
+                for body in [Body::Output(data.clone()), Body::Input(data)] {
+                    let record = Record {
+                        seq,
+                        time_us,
+                        prev_hash: if seq == 0 { Vec::new() } else { vec![7; 32] },
+                        body: Some(body),
+                    };
+                    let mut head = Vec::new();
+                    let payload = encode_frame_into(&record, &mut head).expect("encode");
+                    assert_eq!(payload.len(), len);
+                    let mut whole = (record.encoded_len() as u32).to_be_bytes().to_vec();
+                    record.encode(&mut whole).expect("prost");
+                    assert_eq!([head.as_slice(), payload].concat(), whole, "len {len}");
+                    assert_eq!(
+                        chain_next_parts(&[1; 32], &[&head, payload]),
+                        chain_next(&[1; 32], &whole)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

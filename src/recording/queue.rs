@@ -17,6 +17,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
 use super::format::MAX_DATA_CHUNK;
@@ -230,22 +231,22 @@ pub struct RecordSink<'a> {
 }
 
 impl RecordSink<'_> {
-    /// Bytes from the upstream towards the engineer.
-    pub fn output(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
-        for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let data = chunk.to_vec();
-            let body = Body::Output(proto::Data { channel, data });
-            self.writer.push(body, chunk.len())?;
+    /// Bytes from the upstream towards the engineer. `data` is shared, not copied.
+    pub fn output(&mut self, channel: u32, data: &Bytes) -> Result<(), RecordingError> {
+        for data in chunks(data) {
+            let len = data.len();
+            self.writer
+                .push(Body::Output(proto::Data { channel, data }), len)?;
         }
         Ok(())
     }
 
-    /// Bytes from the engineer towards the upstream.
-    pub fn input(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
-        for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let data = chunk.to_vec();
-            let body = Body::Input(proto::Data { channel, data });
-            self.writer.push(body, chunk.len())?;
+    /// Bytes from the engineer towards the upstream. `data` is shared, not copied.
+    pub fn input(&mut self, channel: u32, data: &Bytes) -> Result<(), RecordingError> {
+        for data in chunks(data) {
+            let len = data.len();
+            self.writer
+                .push(Body::Input(proto::Data { channel, data }), len)?;
         }
         Ok(())
     }
@@ -299,6 +300,13 @@ impl RecordSink<'_> {
     pub(crate) fn body(&mut self, body: Body, len: usize) -> Result<(), RecordingError> {
         self.writer.push(body, len)
     }
+}
+
+/// `data` in pieces of at most [`MAX_DATA_CHUNK`], each a view of the same buffer.
+fn chunks(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..data.len())
+        .step_by(MAX_DATA_CHUNK)
+        .map(|start| data.slice(start..data.len().min(start + MAX_DATA_CHUNK)))
 }
 
 /// How long the writer thread lets events gather after it was woken up. A busy

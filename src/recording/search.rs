@@ -91,7 +91,7 @@ mod tests {
             time_us,
             Body::Output(Data {
                 channel: 0,
-                data: bytes.to_vec(),
+                data: bytes::Bytes::copy_from_slice(bytes),
             }),
         )
     }
@@ -120,7 +120,7 @@ mod tests {
                     50,
                     Body::Input(Data {
                         channel: 0,
-                        data: b"my secret password".to_vec(),
+                        data: b"my secret password".to_vec().into(),
                     }),
                 ),
             ],

@@ -82,7 +82,10 @@ fn idle_writer_checkpoints_by_time_and_seals() {
     let rec = Recorder::create(dir.path(), &meta("t"), key, policy).expect("create");
     let path = rec.path().to_path_buf();
     let writer = Writer::spawn(rec, 1 << 20, no_failure()).expect("spawn");
-    writer.sink().output(0, b"typed while idle").expect("queue");
+    writer
+        .sink()
+        .output(0, &bytes::Bytes::from_static(b"typed while idle"))
+        .expect("queue");
     // Nothing else is queued: only the writer's own timer can make this durable.
     let start = Instant::now();
     while verify_file(&path, &ring).last_checkpoint.is_none() {
@@ -108,7 +111,7 @@ fn a_full_queue_refuses_events_and_says_why() {
     assert!(writer.failure().is_none());
     let err = writer
         .sink()
-        .output(0, &[b'x'; 1000])
+        .output(0, &bytes::Bytes::from(vec![b'x'; 1000]))
         .expect_err("over the limit");
     assert!(
         matches!(err, RecordingError::Backlog { limit: 256 }),

@@ -15,7 +15,9 @@
 //! [`Checkpoint`]: super::proto::Checkpoint
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IoSlice, Write};
+
+use bytes::Bytes;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,7 +170,7 @@ impl Recorder {
             .mode(0o600)
             .open(&path)?;
         let mut rec = Recorder::resume(file, path, key, policy, Position::genesis());
-        rec.write_or_poison(MAGIC)?;
+        rec.write_or_poison(MAGIC, &[])?;
         rec.append_at(0, first)?;
         rec.sync()?;
         // Make the new directory entry durable too, so a crash cannot lose the whole file.
@@ -233,7 +235,7 @@ impl Recorder {
     /// [`MAX_DATA_CHUNK`].
     pub fn output(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let data = chunk.to_vec();
+            let data = Bytes::copy_from_slice(chunk);
             self.append(Instant::now(), Body::Output(proto::Data { channel, data }))?;
         }
         Ok(())
@@ -242,7 +244,7 @@ impl Recorder {
     /// Bytes from the engineer towards the upstream.
     pub fn input(&mut self, channel: u32, data: &[u8]) -> Result<(), RecordingError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let data = chunk.to_vec();
+            let data = Bytes::copy_from_slice(chunk);
             self.append(Instant::now(), Body::Input(proto::Data { channel, data }))?;
         }
         Ok(())
@@ -349,15 +351,15 @@ impl Recorder {
         };
         // One frame buffer for the recorder's life: no allocation per record.
         let mut frame = std::mem::take(&mut self.frame);
-        format::encode_frame_into(&record, &mut frame).map_err(|too_long| {
+        let payload = format::encode_frame_into(&record, &mut frame).map_err(|too_long| {
             RecordingError::Format {
                 path: self.path.clone(),
                 record: Some(self.pos.seq),
                 what: format!("record of {} bytes exceeds the frame limit", too_long.0),
             }
         })?;
-        self.write_or_poison(&frame)?;
-        self.pos.chain = format::chain_next(&self.pos.chain, &frame);
+        self.write_or_poison(&frame, payload)?;
+        self.pos.chain = format::chain_next_parts(&self.pos.chain, &[&frame, payload]);
         self.frame = frame;
         self.pos.seq += 1;
         self.pos.output_bytes += counted.0;
@@ -378,8 +380,26 @@ impl Recorder {
         Ok(())
     }
 
-    fn write_or_poison(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        let res = self.out.write_all(bytes);
+    /// Writes `head` then `payload`; a payload larger than the buffer goes to the file in one
+    /// vectored write with what is buffered, without being copied into the buffer.
+    fn write_or_poison(&mut self, head: &[u8], payload: &[u8]) -> Result<(), RecordingError> {
+        let mut slices = [IoSlice::new(head), IoSlice::new(payload)];
+        let mut rest = slices.as_mut_slice();
+        let mut res = Ok(());
+        while !rest.is_empty() {
+            match self.out.write_vectored(rest) {
+                Ok(0) => {
+                    res = Err(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
         self.poison_on_err(res)
     }
 

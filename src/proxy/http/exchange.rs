@@ -100,7 +100,7 @@ impl Exchange {
 
     /// Counts `data` and records what of it falls under the capture limit;
     /// notes the body as truncated when it first crosses the limit.
-    fn passed(&self, direction: Direction, data: &[u8]) {
+    fn passed(&self, direction: Direction, data: &bytes::Bytes) {
         let len = data.len() as u64;
         let before = self.counter(direction).fetch_add(len, Ordering::Relaxed);
         let Some(capture) = self.capture else { return };
@@ -110,8 +110,8 @@ impl Exchange {
         let take = (capture.limit - before).min(len) as usize;
         let channel = capture.channel;
         record(&self.handle, |r| match direction {
-            Direction::In => r.input(channel, &data[..take]),
-            Direction::Out => r.output(channel, &data[..take]),
+            Direction::In => r.input(channel, &data.slice(..take)),
+            Direction::Out => r.output(channel, &data.slice(..take)),
         });
     }
 

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use russh::server::{self, Msg as ServerMsg};
 use russh::{Channel, ChannelMsg, client};
 
@@ -35,7 +36,7 @@ impl Tap {
         &mut self,
         session: &SessionHandle,
         channel: u32,
-        data: &[u8],
+        data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
             Tap::Raw => session.record(|r| r.input(channel, data)),
@@ -55,7 +56,7 @@ impl Tap {
         &mut self,
         session: &SessionHandle,
         channel: u32,
-        data: &[u8],
+        data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
             Tap::Raw => session.record(|r| r.output(channel, data)),
@@ -77,7 +78,7 @@ impl Tap {
         session: &SessionHandle,
         channel: u32,
         why: &str,
-        data: &[u8],
+        data: &Bytes,
         input: bool,
     ) -> Result<(), RecordingError> {
         let text = format!("channel {channel}: sftp not decodable ({why}); recording raw bytes");

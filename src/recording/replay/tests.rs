@@ -40,7 +40,7 @@ fn write(dir: &Path, events: &[(Duration, Body)]) -> PathBuf {
 fn output(text: &str) -> Body {
     Body::Output(proto::Data {
         channel: 0,
-        data: text.as_bytes().to_vec(),
+        data: text.as_bytes().to_vec().into(),
     })
 }
 
@@ -181,7 +181,7 @@ fn events_are_shown_between_output_in_time_order() {
                 secs(3),
                 Body::Input(proto::Data {
                     channel: 0,
-                    data: b"hunter2".to_vec(),
+                    data: b"hunter2".to_vec().into(),
                 }),
             ),
         ],
