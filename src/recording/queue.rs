@@ -233,20 +233,25 @@ pub struct RecordSink<'a> {
 impl RecordSink<'_> {
     /// Bytes from the upstream towards the engineer. `data` is shared, not copied.
     pub fn output(&mut self, channel: u32, data: &Bytes) -> Result<(), RecordingError> {
-        for data in chunks(data) {
-            let len = data.len();
-            self.writer
-                .push(Body::Output(proto::Data { channel, data }), len)?;
-        }
-        Ok(())
+        self.data(channel, data, Body::Output)
     }
 
     /// Bytes from the engineer towards the upstream. `data` is shared, not copied.
     pub fn input(&mut self, channel: u32, data: &Bytes) -> Result<(), RecordingError> {
-        for data in chunks(data) {
+        self.data(channel, data, Body::Input)
+    }
+
+    /// Queues `data` in views of at most [`MAX_DATA_CHUNK`] bytes, each as `body`.
+    fn data(
+        &mut self,
+        channel: u32,
+        data: &Bytes,
+        body: fn(proto::Data) -> Body,
+    ) -> Result<(), RecordingError> {
+        for start in (0..data.len()).step_by(MAX_DATA_CHUNK) {
+            let data = data.slice(start..data.len().min(start + MAX_DATA_CHUNK));
             let len = data.len();
-            self.writer
-                .push(Body::Input(proto::Data { channel, data }), len)?;
+            self.writer.push(body(proto::Data { channel, data }), len)?;
         }
         Ok(())
     }
@@ -300,13 +305,6 @@ impl RecordSink<'_> {
     pub(crate) fn body(&mut self, body: Body, len: usize) -> Result<(), RecordingError> {
         self.writer.push(body, len)
     }
-}
-
-/// `data` in pieces of at most [`MAX_DATA_CHUNK`], each a view of the same buffer.
-fn chunks(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    (0..data.len())
-        .step_by(MAX_DATA_CHUNK)
-        .map(|start| data.slice(start..data.len().min(start + MAX_DATA_CHUNK)))
 }
 
 /// How long the writer thread lets events gather after it was woken up. A busy

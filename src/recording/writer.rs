@@ -16,12 +16,12 @@
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{BufWriter, IoSlice, Write};
-
-use bytes::Bytes;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::format::{self, Hash, MAGIC, MAX_DATA_CHUNK};
 use super::proto::{self, record::Body};
