@@ -19,6 +19,12 @@
 //! The direct path logs in with a user certificate signed by the gateway's own
 //! user CA for the engineer's key, so both paths use the same key type and the
 //! same sshd; only the gateway hop differs.
+//!
+//! Both paths log in as a bench account with `/bin/sh` and no login scripts
+//! (created for the run, removed after it). This machine's root runs
+//! `pyenv init` from `~/.bashrc`, which sshd's `bash -c` sources: dozens of
+//! processes and 300-500 ms for every `ssh … true`, which would drown what the
+//! gateway adds. `BENCH_LOGIN=root` measures with root anyway.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -64,13 +70,83 @@ impl Route {
     }
 }
 
-fn direct_path(w: &World) -> Route {
+const BENCH_ACCOUNT: &str = "drawbridge-bench";
+
+/// The login both paths use on the target, and a home folder it may write to.
+struct Account {
+    name: String,
+    home: tempfile::TempDir,
+    /// Made for this run, so removed after it.
+    created: bool,
+}
+
+impl Account {
+    fn prepare() -> Account {
+        let home = tempfile::tempdir().expect("tempdir");
+        if let Ok(name) = std::env::var("BENCH_LOGIN") {
+            chown(&name, home.path());
+            return Account {
+                name,
+                home,
+                created: false,
+            };
+        }
+        let exists = Command::new("id")
+            .arg(BENCH_ACCOUNT)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let mut useradd = Command::new(if exists { "usermod" } else { "useradd" });
+        if !exists {
+            useradd.args(["--system", "--no-create-home"]);
+        }
+        // `*`: no password, yet not locked (sshd without PAM refuses `!`).
+        let status = useradd
+            .args(["--shell", "/bin/sh", "--password", "*", "--home"])
+            .arg(home.path())
+            .arg(BENCH_ACCOUNT)
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "creating the bench account failed");
+        chown(BENCH_ACCOUNT, home.path());
+        Account {
+            name: BENCH_ACCOUNT.into(),
+            home,
+            created: !exists,
+        }
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        if self.created {
+            // Sessions the bench opened may still be closing on the target.
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.name])
+                .status();
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = Command::new("userdel").arg(&self.name).status();
+        }
+    }
+}
+
+fn chown(owner: &str, path: &Path) {
+    let status = Command::new("chown")
+        .arg(owner)
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown {owner} {}", path.display());
+}
+
+fn direct_path(w: &World, login: &str) -> Route {
     let key_pub = w.alice.key.with_extension("pub");
     let ca = w.gateway.path("data/keys/ssh_user_ca");
     let status = Command::new("ssh-keygen")
         .args(["-q", "-s"])
         .arg(&ca)
-        .args(["-I", "bench", "-n", "root", "-V", "+1h"])
+        .args(["-I", "bench", "-n", login, "-V", "+1h"])
         .arg(&key_pub)
         .status()
         .expect("ssh-keygen -s");
@@ -101,16 +177,16 @@ fn direct_path(w: &World) -> Route {
     Route {
         name: "direct",
         port: w.sshd.port,
-        dest: "root@127.0.0.1".into(),
+        dest: format!("{login}@127.0.0.1"),
         options,
     }
 }
 
-fn gateway_path(w: &World) -> Route {
+fn gateway_path(w: &World, login: &str) -> Route {
     Route {
         name: "gateway",
         port: w.alice.ssh_port,
-        dest: "root@web-1@127.0.0.1".into(),
+        dest: format!("{login}@web-1@127.0.0.1"),
         options: w.alice.client_options(),
     }
 }
@@ -349,14 +425,14 @@ fn main() {
         .unwrap_or_else(|_| "bulk,scp,setup,concurrent,echo,idle".into());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
+    let account = Account::prepare();
     let w = World::with_gateway(Gateway::start_configured(
         &std::env::var("BENCH_GATEWAY_EXTRA").unwrap_or_default(),
         &std::env::var("BENCH_GATEWAY_SSH").unwrap_or_default(),
     ));
-    w.grant_alice("web-1", "root", "1h");
-    let direct = direct_path(&w);
-    let gateway = gateway_path(&w);
-    let work = tempfile::tempdir().expect("tempdir");
+    w.grant_alice("web-1", &account.name, "1h");
+    let direct = direct_path(&w, &account.name);
+    let gateway = gateway_path(&w, &account.name);
 
     // Warm both paths (page cache, sshd's first fork) before measuring.
     for p in [&direct, &gateway] {
@@ -401,11 +477,11 @@ fn main() {
         );
     }
     if part("scp") {
-        let file = work.path().join("scp.bin");
+        let file = account.home.path().join("scp.bin");
         std::fs::write(&file, vec![0x5a; scp_mib << 20]).expect("scp file");
         let (d, g) = (
-            scp(&direct, &file, scp_mib, work.path()),
-            scp(&gateway, &file, scp_mib, work.path()),
+            scp(&direct, &file, scp_mib, account.home.path()),
+            scp(&gateway, &file, scp_mib, account.home.path()),
         );
         row(&format!("scp {scp_mib} MiB upload"), "MiB/s", d, g, true);
     }
@@ -421,7 +497,7 @@ fn main() {
         // OpenSSH 9.2 picks sntrup761x25519 with sshd but curve25519 with the
         // gateway (russh has no sntrup), which costs the client and sshd ~100 ms of
         // CPU each here; the same key exchange on both paths, like for like:
-        let mut same_kex = direct_path(&w);
+        let mut same_kex = direct_path(&w, &account.name);
         same_kex
             .options
             .extend(["-o".into(), "KexAlgorithms=curve25519-sha256".into()]);
