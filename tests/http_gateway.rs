@@ -77,6 +77,59 @@ fn bearer_requests_reach_the_app_with_a_verifiable_assertion_and_no_spoofed_iden
 }
 
 #[test]
+fn app_cookies_stay_on_the_app_host_and_never_replace_the_gateway_cookie() {
+    let web = Web::new();
+    web.grant_web();
+    let jar = web.w.gateway.path("app-cookies.txt");
+    let jar = jar.to_str().expect("path");
+    // The app sets a cookie for its internal address, one for a parent domain
+    // and one named like the gateway's session cookie.
+    let o = web.curl(&[
+        "-c",
+        jar,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        &bearer(&web.w.alice),
+        &web.url("app.localhost", "/cookies"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let set_cookies: Vec<String> = stdout(&o)
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().to_string())
+        })
+        .collect();
+    assert_eq!(
+        set_cookies,
+        ["app_sid=s1; Path=/; HttpOnly", "app_theme=dark; Path=/"],
+        "{}",
+        stdout(&o)
+    );
+    // As a browser would: the jar holds both for the app's public host only,
+    // and sends them back to the app.
+    let saved = std::fs::read_to_string(jar).expect("jar");
+    assert!(!saved.contains("from-the-app"), "{saved}");
+    let o = web.curl(&[
+        "-b",
+        jar,
+        "-H",
+        &bearer(&web.w.alice),
+        &web.url("app.localhost", "/headers"),
+    ]);
+    let seen: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let cookie = seen["cookie"].as_str().unwrap_or_default();
+    assert!(
+        cookie.contains("app_sid=s1") && cookie.contains("app_theme=dark"),
+        "{seen}"
+    );
+}
+
+#[test]
 fn every_refusal_is_clear_and_api_clients_never_get_a_redirect() {
     let web = Web::new();
     // No token: JSON 401 for API clients, a login redirect for browsers.

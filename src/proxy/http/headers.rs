@@ -90,6 +90,54 @@ pub fn strip_client_credentials(headers: &mut HeaderMap, consumed_authorization:
     }
 }
 
+/// Response side: an app's cookies stay on the app's own public host.
+///
+/// A `Domain` attribute names either the app's internal host, which the browser
+/// never sees and so drops the cookie for, or a parent domain, which would send
+/// the cookie to sibling apps and to the gateway itself. Without it the cookie is
+/// host-only for the app's public host, like the gateway's own. A cookie named
+/// like the gateway's session cookie is dropped: an app must not replace or
+/// clear the login the gateway checks on its host.
+pub fn scope_set_cookies(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let scoped: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(scoped_cookie)
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for cookie in scoped {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+}
+
+/// One `Set-Cookie` value without its `Domain` attributes, or `None` for the
+/// gateway's own cookie name. Works on bytes: cookie values may hold bytes that
+/// are not text.
+fn scoped_cookie(value: &HeaderValue) -> Option<HeaderValue> {
+    let mut parts = value.as_bytes().split(|&b| b == b';');
+    let pair = parts.next().unwrap_or_default();
+    let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+    if name.trim_ascii() == SESSION_COOKIE.as_bytes() {
+        return None;
+    }
+    let is_domain = |attribute: &&[u8]| {
+        let name = attribute.split(|&b| b == b'=').next().unwrap_or_default();
+        name.trim_ascii().eq_ignore_ascii_case(b"domain")
+    };
+    if !parts.clone().any(|a| is_domain(&a)) {
+        return Some(value.clone());
+    }
+    let mut kept = pair.to_vec();
+    for attribute in parts.filter(|a| !is_domain(a)) {
+        kept.extend_from_slice(b"; ");
+        kept.extend_from_slice(attribute.trim_ascii());
+    }
+    HeaderValue::from_bytes(&kept).ok()
+}
+
 /// Our session cookie's value, if the client sent one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -153,6 +201,39 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn app_cookies_lose_their_domain_and_cannot_replace_the_gateway_cookie() {
+        let mut h = map(&[
+            ("set-cookie", "a=1; Domain=127.0.0.1; Path=/"),
+            ("set-cookie", "b=2;path=/b; domain=.example.com ;HttpOnly"),
+            ("set-cookie", "c=3; Path=/; Secure"),
+            ("set-cookie", "drawbridge_session=evil; Path=/"),
+            ("set-cookie", " drawbridge_session =; Max-Age=0"),
+            ("set-cookie", "drawbridge_sessions=kept"),
+            ("content-type", "text/html"),
+        ]);
+        scope_set_cookies(&mut h);
+        let cookies: Vec<&str> = h
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                "a=1; Path=/",
+                "b=2; path=/b; HttpOnly",
+                "c=3; Path=/; Secure",
+                "drawbridge_sessions=kept"
+            ]
+        );
+        assert_eq!(h["content-type"], "text/html");
+        // No Set-Cookie at all: nothing changes.
+        let mut plain = map(&[("content-type", "text/plain")]);
+        scope_set_cookies(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]

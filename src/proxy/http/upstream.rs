@@ -281,6 +281,7 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     rewrite_location(&mut parts.headers, &conn.origin, &original_host);
+    headers::scope_set_cookies(&mut parts.headers);
     if hyper::body::Body::is_end_stream(&body) {
         exchange.delivered();
     }
@@ -361,6 +362,7 @@ fn relay_websocket(
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     parts.extensions = Default::default();
+    headers::scope_set_cookies(&mut parts.headers);
     let handle = session.handle.clone();
     let open = session.websockets.clone();
     open.send_modify(|n| *n += 1);
