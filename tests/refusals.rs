@@ -201,6 +201,28 @@ fn an_unreachable_target_is_reported_without_hanging() {
 }
 
 #[test]
+fn a_target_that_rejects_the_certificate_is_named_with_the_principal_tried() {
+    let w = World::new();
+    // A grant for a login the target has no account for: sshd refuses the
+    // gateway's certificate, and the engineer learns which principal it was.
+    w.grant_alice("web-1", "ghost", "30m");
+    let started = Instant::now();
+    let o = w.alice.ssh_run("ghost@web-1", "true");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("target web-1 rejected the gateway's certificate for principal \"ghost\""),
+        "{}",
+        stderr(&o)
+    );
+    // The gateway goes on serving: a login the target has still works.
+    w.grant_alice("web-1", "root", "30m");
+    let o = w.alice.ssh_run("root@web-1", "echo still-serving");
+    assert_eq!(stdout(&o).trim(), "still-serving", "{}", stderr(&o));
+}
+
+#[test]
 fn repeated_failed_logins_lock_that_user_out_but_not_others() {
     let w = World::new();
     for _ in 0..5 {
