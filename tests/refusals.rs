@@ -319,8 +319,16 @@ fn ssh_with_code(user: &User, code: &str) -> std::process::Output {
 #[test]
 fn policy_required_mfa_asks_for_a_single_use_totp_code_at_connect() {
     let gateway = Gateway::start_with("policies_dir = \"mfa-policies\"\n");
-    std::fs::create_dir_all(gateway.path("mfa-policies")).expect("dir");
-    std::fs::write(gateway.path("mfa-policies/main.cedar"), MFA_POLICY).expect("policy");
+    // Moved into place whole: the gateway polls the folder, and an empty folder
+    // or a half-written file read in between would be a policy set that permits
+    // nothing.
+    std::fs::create_dir_all(gateway.path("mfa-policies.new")).expect("dir");
+    std::fs::write(gateway.path("mfa-policies.new/main.cedar"), MFA_POLICY).expect("policy");
+    std::fs::rename(
+        gateway.path("mfa-policies.new"),
+        gateway.path("mfa-policies"),
+    )
+    .expect("move the policies into place");
     let w = World::with_gateway(gateway);
     // The gateway reloads the folder within its polling interval; a grant
     // needing one approval proves the new set is in force.
