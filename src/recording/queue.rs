@@ -343,7 +343,7 @@ impl RecordSink<'_> {
 /// fast-scrolling terminal) then costs one wake-up of this thread per `LINGER`
 /// instead of one per event; each wake-up is a system call on the relay's thread
 /// and a context switch on the same two cores. At 5 ms, eight `pgbench` sessions
-/// spent 4–6 µs more gateway CPU per transaction than at 20 ms. Durability is
+/// spent 4–10 µs more gateway CPU per simple-query transaction than at 20 ms. Durability is
 /// unchanged: it comes from checkpoints, not from this. A sync or seal cuts the
 /// linger short ([`Shared::hurry`]), so nobody waiting on one waits for it.
 const LINGER: Duration = Duration::from_millis(20);
