@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 use support::web::*;
 use support::*;
 
+/// The values of header `name` in curl's `-D -` output, in order.
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+        .collect()
+}
+
 #[test]
 fn bearer_requests_reach_the_app_with_a_verifiable_assertion_and_no_spoofed_identity() {
     let web = Web::new();
@@ -84,28 +95,17 @@ fn app_cookies_stay_on_the_app_host_and_never_replace_the_gateway_cookie() {
     let jar = jar.to_str().expect("path");
     // The app sets a cookie for its internal address, one for a parent domain
     // and one named like the gateway's session cookie.
-    let o = web.curl(&[
-        "-c",
+    let o = web.curl_saving_cookies(
         jar,
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-H",
-        &bearer(&web.w.alice),
-        &web.url("app.localhost", "/cookies"),
-    ]);
+        &[
+            "-H",
+            &bearer(&web.w.alice),
+            &web.url("app.localhost", "/cookies"),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let set_cookies: Vec<String> = stdout(&o)
-        .lines()
-        .filter_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("set-cookie")
-                .then(|| value.trim().to_string())
-        })
-        .collect();
     assert_eq!(
-        set_cookies,
+        header_values(&stdout(&o), "set-cookie"),
         ["app_sid=s1; Path=/; HttpOnly", "app_theme=dark; Path=/"],
         "{}",
         stdout(&o)
@@ -205,45 +205,32 @@ fn browsers_log_in_once_with_a_secure_cookie_and_are_sent_back_only_on_site() {
     let next = web.url("app.localhost", "/headers");
     // grant_web's CLI login used this step's code; codes are single use.
     let code = drawbridge::identity::totp_code(web.w.alice.totp.bytes(), unix_now() + 30);
-    let o = web.curl(&[
-        "-c",
+    let o = web.curl_saving_cookies(
         jar,
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "--data-urlencode",
-        "user=alice",
-        "--data-urlencode",
-        "password=pw-alice",
-        "--data-urlencode",
-        &format!("totp={code}"),
-        "--data-urlencode",
-        &format!("next={next}"),
-        &web.url("localhost", "/login"),
-    ]);
+        &[
+            "--data-urlencode",
+            "user=alice",
+            "--data-urlencode",
+            "password=pw-alice",
+            "--data-urlencode",
+            &format!("totp={code}"),
+            "--data-urlencode",
+            &format!("next={next}"),
+            &web.url("localhost", "/login"),
+        ],
+    );
     let head = stdout(&o);
     assert!(
         head.starts_with("HTTP/1.1 303") || head.starts_with("HTTP/2 303"),
         "{head}"
     );
-    let cookie = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie"))
-        .expect("cookie");
+    let cookies = header_values(&head, "set-cookie");
+    let cookie = cookies.first().expect("cookie");
     for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
     // The app gets the session through a one-time code on its own host.
-    let code_url = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
-        })
-        .expect("location")
-        .trim()
-        .to_string();
+    let code_url = header_values(&head, "location").pop().expect("location");
     assert!(
         code_url.starts_with(&web.url("app.localhost", "/.drawbridge/callback?code=")),
         "{code_url}"

@@ -132,6 +132,14 @@ impl Web {
             .expect("curl")
     }
 
+    /// `curl` as a browser: cookies saved in `jar`, response headers on stdout,
+    /// the body dropped.
+    pub fn curl_saving_cookies(&self, jar: &str, args: &[&str]) -> Output {
+        let mut all = vec!["-c", jar, "-D", "-", "-o", "/dev/null"];
+        all.extend(args);
+        self.curl(&all)
+    }
+
     /// `curl ARGS https://APP.localhost:PORT/PATH` as alice with her bearer
     /// token, resolving the app's name to loopback.
     pub fn alice_get(&self, app: &str, path: &str, args: &[&str]) -> Output {
