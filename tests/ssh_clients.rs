@@ -1,6 +1,7 @@
 //! Every stock client an engineer uses over SSH, end to end through the gateway
 //! to a real sshd: sftp, scp (SFTP and legacy modes), rsync, exec with large
-//! stdin, stdout/stderr separation, exit signals, `ssh -t`, window changes.
+//! stdin, compression (`ssh -C`), stdout/stderr separation, exit signals, `ssh -t`,
+//! window changes.
 //! The target is on this machine, so files "on the target" are local paths.
 
 mod support;
@@ -194,6 +195,37 @@ fn tar_through_exec_stdin_arrives_intact() {
         std::fs::read(dest.join("sub/big.bin")).expect("untarred"),
         big
     );
+}
+
+/// `ssh -C` negotiates zlib with the gateway: compressed packets take their own
+/// path through the decoder (decompressed into a new buffer, where plain ones are
+/// handed on without copies).
+#[test]
+fn a_compressed_session_carries_data_both_ways_intact() {
+    let w = World::new();
+    w.grant_alice("web-1", "root", "30m");
+    let sent = marked_content(4 << 20);
+    let mut child = w
+        .alice
+        .ssh("root@web-1")
+        .args(["-C", "-v", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = sent.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let o = child.wait_with_output().expect("wait");
+    writer.join().expect("join").expect("write stdin");
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("compression: zlib@openssh.com"),
+        "compression not negotiated:\n{log}"
+    );
+    assert!(o.stdout == sent, "{} bytes came back", o.stdout.len());
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub enum Decompress {
     Zlib(flate2::Decompress),
 }
 
+impl Decompress {
+    /// Whether packets are compressed (and so must be decompressed into a new buffer).
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Decompress::None)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Copy, Clone, Hash)]
 pub struct Name(&'static str);
 impl AsRef<str> for Name {

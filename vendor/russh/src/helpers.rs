@@ -301,16 +301,18 @@ mod tests {
     }
 }
 
-/// Decodes the SSH `string` holding a channel's data into [`bytes::Bytes`] with a single
-/// copy. ssh-encoding's `Bytes::decode` zero-fills a buffer and then copies into it; for
-/// bulk transfers the zero-fill cost as much as the copy (Drawbridge change, see
-/// DRAWBRIDGE.md).
-pub(crate) fn decode_channel_data(r: &mut &[u8]) -> Result<bytes::Bytes, ssh_encoding::Error> {
+/// Decodes the SSH `string` holding a channel's data as a view of `packet`, the
+/// decrypted packet `r` reads from: no copy. ssh-encoding's `Bytes::decode`
+/// zero-fills a buffer and copies into it (Drawbridge change, see DRAWBRIDGE.md).
+pub(crate) fn decode_channel_data(
+    r: &mut &[u8],
+    packet: &bytes::Bytes,
+) -> Result<bytes::Bytes, ssh_encoding::Error> {
     let len = u32::decode(r)? as usize;
     if r.len() < len {
         return Err(ssh_encoding::Error::Length);
     }
     let (data, rest) = r.split_at(len);
     *r = rest;
-    Ok(bytes::Bytes::copy_from_slice(data))
+    Ok(packet.slice_ref(data))
 }

@@ -384,11 +384,35 @@ impl PacketBytesWriter {
 }
 
 /// Incoming SSH packet after decryption and optional decompression.
-/// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
+/// Not CryptoVec/mlocked because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    pub buffer: Bytes,
     pub seqn: Wrapping<u32>,
+}
+
+impl IncomingSshPacket {
+    /// The payload of the packet just read into `read` (after its 5-byte
+    /// header). An uncompressed one is taken over, not copied, so channel data
+    /// can go on as views of it; the next read allocates a fresh buffer
+    /// (Drawbridge change, see DRAWBRIDGE.md). Callers check the length first.
+    pub(crate) fn take(
+        read: &mut SSHBuffer,
+        decompress: Option<&mut compression::Decompress>,
+    ) -> Result<Self, Error> {
+        let buffer = match decompress {
+            Some(decompress) if decompress.is_active() => {
+                let mut decomp = Vec::new();
+                #[allow(clippy::indexing_slicing)] // length checked by the callers
+                Bytes::copy_from_slice(decompress.decompress(&read.buffer[5..], &mut decomp)?)
+            }
+            _ => Bytes::from(std::mem::take(&mut read.buffer)).slice(5..),
+        };
+        Ok(IncomingSshPacket {
+            buffer,
+            seqn: read.seqn,
+        })
+    }
 }
 
 /// Packet writer for constructing and encrypting outgoing SSH packets.

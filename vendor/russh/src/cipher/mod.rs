@@ -26,6 +26,7 @@ use aes::{Aes128, Aes192, Aes256};
 #[cfg(feature = "aws-lc-rs")]
 use aws_lc_rs::aead::{AES_128_GCM as ALGORITHM_AES_128_GCM, AES_256_GCM as ALGORITHM_AES_256_GCM};
 use byteorder::{BigEndian, ByteOrder};
+use bytes::BufMut;
 use block::CtrWrapper;
 use ctr::Ctr128BE;
 use delegate::delegate;
@@ -298,16 +299,17 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
+        // The largest block any cipher reads first is 16 bytes.
+        let mut probe = [0; 16];
+        #[allow(clippy::indexing_slicing)] // a block length is at most 16
+        let probe = &mut probe[..cipher.packet_length_to_read_for_block_length()];
 
-        stream.read_exact(&mut len).await?;
-        trace!("reading, len = {len:?}");
+        stream.read_exact(probe).await?;
+        trace!("reading, len = {probe:?}");
         {
             let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = cipher.decrypt_packet_length(seqn, probe);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,16 +330,23 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
+            // Sized once: the packet buffer is handed on whole after each read
+            // (see `IncomingSshPacket::take`), so this is often a fresh one.
+            buffer.buffer.clear();
+            buffer.buffer.reserve_exact(buffer.len + 4);
+            buffer.buffer.extend_from_slice(probe);
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
-
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    let packet_end = buffer.len + 4;
+    trace!("read_exact {packet_end:?}");
+    while buffer.buffer.len() < packet_end {
+        // Into the spare capacity, so the buffer is not zero-filled first.
+        let want = packet_end - buffer.buffer.len();
+        if stream.read_buf(&mut (&mut buffer.buffer).limit(want)).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

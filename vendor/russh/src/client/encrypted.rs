@@ -73,14 +73,28 @@ impl Session {
             pkt.buffer.len()
         );
 
-        self.process_packet(client, &pkt.buffer).await
+        self.process_shared_packet(client, &pkt.buffer).await
     }
 
+    /// [`Session::process_shared_packet`] for a packet not read from the wire
+    /// (replayed reads, tests): copied into a shared buffer first.
     pub(crate) async fn process_packet<H: Handler>(
         &mut self,
         client: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
+        self.process_shared_packet(client, &Bytes::copy_from_slice(buf))
+            .await
+    }
+
+    /// Handles one decrypted packet. Channel data is handed on as views of
+    /// `packet`, not copies (Drawbridge change, see DRAWBRIDGE.md).
+    pub(crate) async fn process_shared_packet<H: Handler>(
+        &mut self,
+        client: &mut H,
+        packet: &Bytes,
+    ) -> Result<(), H::Error> {
+        let buf: &[u8] = packet;
         // If we've successfully read a packet.
         trace!("process_packet buf = {:?} bytes", buf.len());
         let mut is_authenticated = false;
@@ -429,7 +443,7 @@ impl Session {
             }
         }
         if is_authenticated {
-            self.client_read_authenticated(client, buf).await
+            self.client_read_authenticated(client, packet).await
         } else {
             Ok(())
         }
@@ -482,9 +496,9 @@ impl Session {
     async fn client_read_authenticated<H: Handler>(
         &mut self,
         client: &mut H,
-        buf: &[u8],
+        packet: &Bytes,
     ) -> Result<(), H::Error> {
-        match buf.split_first() {
+        match packet.split_first() {
             Some((&msg::CHANNEL_OPEN_CONFIRMATION, mut reader)) => {
                 debug!("channel_open_confirmation");
                 let msg = ChannelOpenConfirmation::parse(&mut reader)?;
@@ -592,7 +606,7 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                let data = map_err!(decode_channel_data(&mut r))?;
+                let data = map_err!(decode_channel_data(&mut r, packet))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
@@ -611,7 +625,7 @@ impl Session {
                 debug!("channel_extended_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 let extended_code = map_err!(u32::decode(&mut r))?;
-                let data = map_err!(decode_channel_data(&mut r))?;
+                let data = map_err!(decode_channel_data(&mut r, packet))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());

@@ -39,14 +39,28 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        self.process_shared_packet(handler, &pkt.buffer).await
     }
 
+    /// [`Session::process_shared_packet`] for a packet not read from the wire
+    /// (replayed reads, tests): copied into a shared buffer first.
     pub(crate) async fn process_packet<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
+        self.process_shared_packet(handler, &Bytes::copy_from_slice(buf))
+            .await
+    }
+
+    /// Handles one decrypted packet. Channel data is handed on as views of
+    /// `packet`, not copies (Drawbridge change, see DRAWBRIDGE.md).
+    pub(crate) async fn process_shared_packet<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        packet: &Bytes,
+    ) -> Result<(), H::Error> {
+        let buf: &[u8] = packet;
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
         let initial_none_rejection_wait_until = if self.common.auth_attempts == 0 {
@@ -153,10 +167,10 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, packet).await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, packet).await
             }
             _ => Ok(()),
         }
@@ -1438,6 +1452,7 @@ impl Session {
         handler: &mut H,
         msg: u8,
         r: &mut &[u8],
+        packet: &Bytes,
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1485,7 +1500,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(decode_channel_data(r))?;
+                let data = map_err!(decode_channel_data(r, packet))?;
                 map_err!(ensure_end(r))?;
                 if let Some(ref mut enc) = self.common.encrypted {
                     enc.consume_window(channel_num, &data);
