@@ -50,6 +50,12 @@ fn bearer_requests_reach_the_app_with_a_verifiable_assertion_and_no_spoofed_iden
     assert_eq!(seen["cookie"], "theme=dark", "{seen}");
     assert_eq!(seen["x-forwarded-proto"], "https");
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    let host = format!("app.localhost:{}", web.https_port);
+    assert_eq!(seen["x-forwarded-host"], host.as_str());
+    assert_eq!(
+        seen["forwarded"],
+        format!("for=\"127.0.0.1\";proto=https;host=\"{host}\"")
+    );
 
     // The assertion verifies with an independent JWT library against the JWKS.
     let jwks = web.curl(&[&web.url("localhost", "/.well-known/jwks.json")]);

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
@@ -18,7 +17,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
-use crate::proxy::http::HttpFront;
+use crate::proxy::http::{Forwarding, HttpFront};
 use crate::proxy::relay_runtimes::relay_runtimes;
 
 /// The HTTPS listener's TLS: certificates minted per server name by the
@@ -46,15 +45,15 @@ impl HttpsFront {
     async fn dispatch(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: Arc<Forwarding>,
     ) -> Result<Response<Body>, Infallible> {
         let host = crate::proxy::http::request_host(&req).to_string();
         if let Some(target) = self.apps.target_of(&host) {
-            return Ok(self.apps.handle(req, target, peer).await);
+            return Ok(self.apps.handle(req, target, &client).await);
         }
         let mut req = req;
         // Handlers that rate-limit by address read it from this extension.
-        req.extensions_mut().insert(super::PeerAddr(peer));
+        req.extensions_mut().insert(super::PeerAddr(client.peer()));
         TowerToHyperService::new(self.api.clone()).call(req).await
     }
 }
@@ -93,7 +92,8 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let service = service_fn(move |req| front.clone().dispatch(req, peer));
+            let client = Arc::new(Forwarding::new(peer));
+            let service = service_fn(move |req| front.clone().dispatch(req, client.clone()));
             if let Err(e) = Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await

@@ -3,6 +3,9 @@
 //! believe what the gateway injects), the gateway's own cookie and the bearer
 //! token it consumed go, and the forwarding headers are set.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
@@ -34,6 +37,73 @@ fn claims_identity(name: &str) -> bool {
 }
 
 pub const SESSION_COOKIE: &str = "drawbridge_session";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// RFC 7239's word for an address it cannot give; every IP address is a valid
+/// header value, so this is never sent in practice.
+const UNKNOWN: HeaderValue = HeaderValue::from_static("unknown");
+
+/// The forwarding headers for one client connection, made when its first request
+/// is forwarded rather than formatted for every request: the client's address
+/// does not change, and the host rarely does (HTTP/2 may reuse a connection for
+/// another app, which then gets its own `Forwarded`).
+pub struct Forwarding {
+    peer: SocketAddr,
+    /// `X-Forwarded-For`.
+    client: OnceLock<HeaderValue>,
+    /// The host of the first forwarded request and its `Forwarded`.
+    first_host: OnceLock<(HeaderValue, HeaderValue)>,
+}
+
+impl Forwarding {
+    pub fn new(peer: SocketAddr) -> Self {
+        Forwarding {
+            peer,
+            client: OnceLock::new(),
+            first_host: OnceLock::new(),
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sets `X-Forwarded-For/Host/Proto` and `Forwarded` for a request to `host`
+    /// (what the client asked for), replacing whatever the client sent.
+    pub fn apply(&self, headers: &mut HeaderMap, host: &HeaderValue) {
+        let client = self
+            .client
+            .get_or_init(|| HeaderValue::try_from(self.peer.ip().to_string()).unwrap_or(UNKNOWN));
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let (first, forwarded) = self
+            .first_host
+            .get_or_init(|| (host.clone(), self.forwarded(host)));
+        let forwarded = if first == host {
+            forwarded.clone()
+        } else {
+            self.forwarded(host)
+        };
+        headers.insert(header::FORWARDED, forwarded);
+    }
+
+    /// `for="ADDRESS";proto=https;host="HOST"`, an IPv6 address in brackets
+    /// (RFC 7239 §6).
+    fn forwarded(&self, host: &HeaderValue) -> HeaderValue {
+        let client = match self.peer.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let mut value = format!("for=\"{client}\";proto=https;host=\"").into_bytes();
+        value.extend_from_slice(host.as_bytes());
+        value.push(b'"');
+        HeaderValue::from_bytes(&value).unwrap_or(UNKNOWN)
+    }
+}
 
 /// Removes the headers named in `Connection` and the fixed hop-by-hop list.
 /// `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for a websocket handshake.
@@ -73,13 +143,20 @@ pub fn strip_client_credentials(headers: &mut HeaderMap, consumed_authorization:
     if consumed_authorization {
         headers.remove(header::AUTHORIZATION);
     }
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let ours = |c: &str| {
+        c.strip_prefix(SESSION_COOKIE)
+            .is_some_and(|rest| rest.starts_with('='))
+    };
     let cookies: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(&format!("{SESSION_COOKIE}=")))
+        .filter(|c| !c.is_empty() && !ours(c))
         .map(str::to_string)
         .collect();
     headers.remove(header::COOKIE);
@@ -250,6 +327,34 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["cookie"], "a=1; b=2");
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn forwarding_headers_replace_the_clients_and_follow_the_host() {
+        let forwarding = Forwarding::new("[2001:db8::7]:50000".parse().expect("address"));
+        let mut headers = map(&[("x-forwarded-for", "10.0.0.1"), ("forwarded", "for=evil")]);
+        let grafana = HeaderValue::from_static("grafana.localhost:8443");
+        forwarding.apply(&mut headers, &grafana);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(headers["x-forwarded-host"], "grafana.localhost:8443");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::7]\";proto=https;host=\"grafana.localhost:8443\""
+        );
+        assert_eq!(headers.get_all("forwarded").iter().count(), 1);
+        // The same connection used for another app (HTTP/2), then the first again.
+        let wiki = HeaderValue::from_static("wiki.localhost:8443");
+        forwarding.apply(&mut headers, &wiki);
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::7]\";proto=https;host=\"wiki.localhost:8443\""
+        );
+        forwarding.apply(&mut headers, &grafana);
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::7]\";proto=https;host=\"grafana.localhost:8443\""
+        );
     }
 
     #[test]

@@ -23,10 +23,9 @@ mod tokens;
 mod upstream;
 
 pub use handoff::{CALLBACK_PATH, Handoff};
-pub use headers::{SESSION_COOKIE, session_cookie};
+pub use headers::{Forwarding, SESSION_COOKIE, session_cookie};
 pub use upstream::HttpUpstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -94,7 +93,7 @@ impl HttpFront {
         &self,
         req: Request<Incoming>,
         target: &str,
-        peer: SocketAddr,
+        forwarding: &Forwarding,
     ) -> Response<Body> {
         if req.uri().path() == CALLBACK_PATH {
             return self.callback(&req);
@@ -117,7 +116,7 @@ impl HttpFront {
             Ok(session) => session,
             Err(refusal) => return refusal,
         };
-        upstream::forward(req, &session, had_bearer, peer).await
+        upstream::forward(req, &session, had_bearer, forwarding).await
     }
 
     /// Exchanges a one-time code from the login page for this app host's own

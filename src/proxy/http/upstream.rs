@@ -4,20 +4,19 @@
 //! connection, a streamed response and one recording event (`exchange`). Websocket upgrades are relayed until either side closes or the
 //! session ends.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::exchange::{self, BodyCapture, Counted, Direction, Exchange};
-use super::headers;
+use super::headers::{self, Forwarding};
 use super::inject::Injection;
 use super::json_error;
 use super::sessions::HttpSession;
@@ -216,7 +215,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
     session: &HttpSession,
     consumed_bearer: bool,
-    peer: SocketAddr,
+    forwarding: &Forwarding,
 ) -> Response<Body> {
     let conn = &session.connection;
     let upgrade = is_upgrade(&req);
@@ -226,7 +225,13 @@ pub async fn forward(
         limit,
     });
     let exchange = Exchange::new(session.handle.clone(), request_line(&req), capture);
-    let original_host = super::request_host(&req).to_string();
+    let Some(original_host) = host_value(&req) else {
+        return answer(
+            &exchange,
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Host",
+        );
+    };
 
     let assertion = if conn.injection.assertion() {
         match conn.credential.assertion(time::now()) {
@@ -246,7 +251,8 @@ pub async fn forward(
     parts.version = hyper::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_client_credentials(&mut parts.headers, consumed_bearer);
-    inject(&mut parts.headers, conn, assertion, &original_host, peer);
+    forwarding.apply(&mut parts.headers, &original_host);
+    inject(&mut parts.headers, conn, assertion);
     let body = Counted::new(body, exchange.clone(), Direction::In);
     let upstream_req = Request::from_parts(parts, Body::new(body));
 
@@ -302,41 +308,32 @@ fn upstream_uri(conn: &HttpConnection, client_uri: Uri) -> Result<Uri, hyper::ht
         .build()
 }
 
-fn inject(
-    headers: &mut hyper::HeaderMap,
-    conn: &HttpConnection,
-    assertion: Option<HeaderValue>,
-    host: &str,
-    peer: SocketAddr,
-) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    set("x-forwarded-for", peer.ip().to_string());
-    set("x-forwarded-host", host.to_string());
-    set(
-        "forwarded",
-        format!("for=\"{}\";proto=https;host=\"{host}\"", peer.ip()),
-    );
+/// The caller's identity for the app: the assertion, the app's own `Host` and
+/// the target's injected headers.
+fn inject(headers: &mut hyper::HeaderMap, conn: &HttpConnection, assertion: Option<HeaderValue>) {
     if let Some(assertion) = assertion {
         headers.insert(ASSERTION_HEADER, assertion);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
-    );
     headers.insert(header::HOST, conn.host.clone());
     conn.injection.apply(headers);
 }
 
+/// The host the client asked for, as a header value (HTTP/2 has no `Host`, only
+/// the URI's authority).
+fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => HeaderValue::from_str(req.uri().authority()?.as_str()).ok(),
+    }
+}
+
 /// An upstream redirect to its own address becomes one to the gateway's name.
-fn rewrite_location(headers: &mut hyper::HeaderMap, origin: &str, public_host: &str) {
+fn rewrite_location(headers: &mut hyper::HeaderMap, origin: &str, public_host: &HeaderValue) {
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
     if let Some(rest) = location.strip_prefix(origin)
+        && let Ok(public_host) = public_host.to_str()
         && let Ok(v) = HeaderValue::from_str(&format!("https://{public_host}{rest}"))
     {
         headers.insert(header::LOCATION, v);
