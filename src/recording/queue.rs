@@ -326,8 +326,9 @@ impl RecordSink<'_> {
         self.writer.push(body, 0)
     }
 
-    pub fn note(&mut self, text: &str) -> Result<(), RecordingError> {
-        let text = text.to_string();
+    /// A line of text; an owned `String` is queued as it is, without a copy.
+    pub fn note(&mut self, text: impl Into<String>) -> Result<(), RecordingError> {
+        let text = text.into();
         let len = text.len();
         self.writer.push(Body::Note(proto::Note { text }), len)
     }

@@ -204,7 +204,7 @@ impl Pipeline {
         if let Some(grant) = auth.grant().filter(|g| g.break_glass()) {
             writer
                 .sink()
-                .note(&format!("BREAK-GLASS grant {}", grant.id()))?;
+                .note(format!("BREAK-GLASS grant {}", grant.id()))?;
         }
         let recording_path = self.recordings_dir.join(format!("{id}.dbr"));
         self.store

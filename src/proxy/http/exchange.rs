@@ -152,7 +152,7 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let note = self.note();
-        record(&self.handle, |r| r.note(&note));
+        record(&self.handle, |r| r.note(note));
     }
 }
 

@@ -378,7 +378,7 @@ fn relay_websocket(
             },
             reason = live.ended() => format!("websocket closed: {reason}"),
         };
-        exchange::record(&handle, |r| r.note(&format!("http {outcome}")));
+        exchange::record(&handle, |r| r.note(format!("http {outcome}")));
     });
     Response::from_parts(parts, Body::empty())
 }

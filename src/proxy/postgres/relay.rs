@@ -114,7 +114,7 @@ struct Tap<'a> {
 }
 
 impl Tap<'_> {
-    fn note(&self, text: &str) -> Result<(), RecordingError> {
+    fn note(&self, text: String) -> Result<(), RecordingError> {
         self.session.record(|r| r.note(text))
     }
 
@@ -137,7 +137,7 @@ impl Tap<'_> {
             Ok(body) => body,
             Err(len) => {
                 self.start();
-                return self.note(&format!(
+                return self.note(format!(
                     "{} of {len} bytes (too large to record)",
                     tag as char
                 ));
@@ -146,11 +146,11 @@ impl Tap<'_> {
         match tag {
             b'Q' => {
                 self.start();
-                self.note(&format!("query: {}", text(body).0))
+                self.note(format!("query: {}", text(body).0))
             }
             b'P' => {
                 let (name, rest) = text(body);
-                self.note(&format!("parse {name:?}: {}", text(rest).0))
+                self.note(format!("parse {name:?}: {}", text(rest).0))
             }
             b'B' => {
                 let (portal, rest) = text(body);
@@ -163,20 +163,20 @@ impl Tap<'_> {
                 rest = rest.get(formats * 2..).unwrap_or_default();
                 let params = if rest.len() >= 2 { rest.get_u16() } else { 0 };
                 // Values may be secrets (passwords, personal data): counted, not kept.
-                self.note(&format!(
+                self.note(format!(
                     "bind {portal:?} to {statement:?}: {params} parameter(s)"
                 ))
             }
             b'E' => {
                 self.start();
-                self.note(&format!("execute {:?}", text(body).0))
+                self.note(format!("execute {:?}", text(body).0))
             }
             b'F' => {
                 self.start();
                 let oid = body
                     .get(..4)
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                self.note(&format!("function call oid {oid}"))
+                self.note(format!("function call oid {oid}"))
             }
             _ => Ok(()),
         }
@@ -207,9 +207,9 @@ impl Tap<'_> {
         match tag {
             b'C' => {
                 let tag = wire::cstr(body).map_or("", |(t, _)| t);
-                self.note(&format!("complete: {tag} ({took:.1} ms)"))
+                self.note(format!("complete: {tag} ({took:.1} ms)"))
             }
-            b'E' => self.note(&format!("error: {}", wire::error_message(body))),
+            b'E' => self.note(format!("error: {}", wire::error_message(body))),
             _ => Ok(()),
         }
     }
@@ -217,8 +217,8 @@ impl Tap<'_> {
 
 /// A NUL-terminated string and what follows; empty when malformed (the tap
 /// records what it can and never stops the relay over it).
-fn text(body: &[u8]) -> (String, &[u8]) {
-    wire::cstr(body).map_or((String::new(), &[][..]), |(s, rest)| (s.to_string(), rest))
+fn text(body: &[u8]) -> (&str, &[u8]) {
+    wire::cstr(body).unwrap_or(("", &[]))
 }
 
 /// Relays until either side closes or the session must end; returns the reason

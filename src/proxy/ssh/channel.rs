@@ -224,10 +224,10 @@ fn record_start(
         session.record(|r| r.pty(channel, &p.term, p.cols, p.rows))?;
     }
     for (name, _) in &setup.env {
-        session.record(|r| r.note(&format!("channel {channel}: env {name}")))?;
+        session.record(|r| r.note(format!("channel {channel}: env {name}")))?;
     }
     for notice in &setup.notices {
-        session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")))?;
+        session.record(|r| r.note(format!("channel {channel}: refused: {notice}")))?;
     }
     match &setup.start {
         Start::Shell => Ok(()),
@@ -235,7 +235,7 @@ fn record_start(
             session.record(|r| r.exec(channel, &String::from_utf8_lossy(command)))
         }
         Start::Subsystem(name) => {
-            session.record(|r| r.note(&format!("channel {channel}: subsystem {name}")))
+            session.record(|r| r.note(format!("channel {channel}: subsystem {name}")))
         }
     }
 }

@@ -65,7 +65,7 @@ pub(super) async fn run(
         Err(e) => {
             tracing::info!(session = open.session.id(), %destination, error = %e, "forward refused");
             let _ = open.session.record(|r| {
-                r.note(&format!(
+                r.note(format!(
                     "channel {channel}: forward to {destination} refused: {e}"
                 ))
             });
@@ -88,7 +88,7 @@ pub(super) async fn run(
         Ok(up) => up,
         Err(e) => {
             let _ = open.session.record(|r| {
-                r.note(&format!(
+                r.note(format!(
                     "channel {channel}: forward to {destination} failed on the target: {e}"
                 ))
             });
@@ -96,7 +96,7 @@ pub(super) async fn run(
         }
     };
     let recorded = open.session.record(|r| {
-        r.note(&format!(
+        r.note(format!(
             "channel {channel}: forward to {destination} opened (from {}:{}; policy: {})",
             dest.originator,
             dest.originator_port,

@@ -112,7 +112,7 @@ impl Tap {
 
 fn notes(session: &SessionHandle, channel: u32, lines: &[String]) -> Result<(), RecordingError> {
     for line in lines {
-        session.record(|r| r.note(&format!("channel {channel}: {line}")))?;
+        session.record(|r| r.note(format!("channel {channel}: {line}")))?;
     }
     Ok(())
 }
@@ -261,7 +261,7 @@ pub(super) async fn relay(
     let notices = async {
         loop {
             let notice = slot.next_notice().await;
-            let _ = session.record(|r| r.note(&format!("channel {channel}: refused: {notice}")));
+            let _ = session.record(|r| r.note(format!("channel {channel}: refused: {notice}")));
             let text = fix_newlines(&format!("{notice}\n"), pty);
             let _ = down_tx.extended_data_bytes(1, text.into_bytes()).await;
         }
@@ -300,7 +300,7 @@ pub(super) async fn relay(
     // only when one side has already gone).
     tokio::select! {
         reason = live.ended() => {
-            let _ = session.record(|r| r.note(&format!("session ended: {reason}")));
+            let _ = session.record(|r| r.note(format!("session ended: {reason}")));
             if !forward {
                 let message = format!("\ndrawbridge: {reason}; closing the session\n");
                 let text = fix_newlines(&message, pty);
