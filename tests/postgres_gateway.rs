@@ -328,6 +328,53 @@ fn psql_queries_and_copies_through_an_ephemeral_role_that_lives_only_during_the_
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
 
+/// The front's first bytes on the wire, as libpq sends them: GSSENCRequest gets
+/// 'N' and the client may go on to ask for TLS on the same connection; bytes sent
+/// behind an SSLRequest, before the handshake, are refused rather than trusted as
+/// if they had come through TLS (CVE-2021-23214).
+#[test]
+fn gssenc_is_declined_and_bytes_smuggled_behind_sslrequest_are_refused() {
+    use std::io::{Read, Write};
+    let gateway = Gateway::start();
+    let request = |code: u32| [8u32.to_be_bytes(), code.to_be_bytes()].concat();
+    let (gssenc, ssl) = (request(80_877_104), request(80_877_103));
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", gateway.pg_port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+
+    let mut s = connect();
+    let mut answer = [0u8; 1];
+    s.write_all(&gssenc).expect("gssenc");
+    s.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"N");
+    s.write_all(&ssl).expect("ssl");
+    s.read_exact(&mut answer).expect("answer");
+    assert_eq!(
+        &answer, b"S",
+        "TLS is offered after GSS encryption was declined"
+    );
+
+    // A startup packet in the same write as the SSLRequest.
+    let mut s = connect();
+    let startup = [
+        &23u32.to_be_bytes()[..],
+        &196_608u32.to_be_bytes(),
+        b"user\0alice\0\0",
+    ]
+    .concat();
+    s.write_all(&[ssl.as_slice(), &startup].concat())
+        .expect("smuggle");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the gateway answered {rest:?} instead of closing"
+    );
+}
+
 #[test]
 fn every_refusal_has_a_sqlstate_and_says_what_to_do() {
     let w = PgWorld::new();
