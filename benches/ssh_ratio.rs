@@ -340,16 +340,24 @@ fn open_sessions(path: &Route, n: usize, command: &str, pty: bool) -> Vec<OpenSe
     sessions.into_inner().expect("sessions")
 }
 
+/// What the gateway spent while the terminals typed (sessions already open).
+struct TypingCost {
+    cpu_seconds: f64,
+    context_switches: u64,
+}
+
 /// Echo round-trip times (µs, sorted) of `n` interactive terminal sessions
 /// on each path, all typing at once (one key every `interval`, `each` keys
-/// per session), so both paths see the same machine load: `(direct, gateway)`.
+/// per session), so both paths see the same machine load: `(direct, gateway)`,
+/// and what the typing cost `gw`.
 fn echo_latency(
+    gw: &Gateway,
     direct: &Route,
     gateway: &Route,
     n: usize,
     each: usize,
     interval: Duration,
-) -> (Vec<f64>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>, TypingCost) {
     // `cat` in canonical mode: the terminal's own echo is what comes back.
     let mut sessions = [
         open_sessions(direct, n, "cat", true),
@@ -359,6 +367,7 @@ fn echo_latency(
         std::sync::Mutex::new(Vec::with_capacity(n * each)),
         std::sync::Mutex::new(Vec::with_capacity(n * each)),
     ];
+    let (cpu_before, switches_before) = (gw.cpu_seconds(), gw.context_switches());
     std::thread::scope(|s| {
         // Sessions are borrowed, not moved: they all stay open until every one
         // has finished typing, so no sample includes other sessions' teardown.
@@ -380,12 +389,16 @@ fn echo_latency(
             }
         }
     });
+    let cost = TypingCost {
+        cpu_seconds: gw.cpu_seconds() - cpu_before,
+        context_switches: gw.context_switches().saturating_sub(switches_before),
+    };
     let [d, g] = samples.map(|m| {
         let mut v = m.into_inner().expect("samples");
         v.sort_by(f64::total_cmp);
         v
     });
-    (d, g)
+    (d, g, cost)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -527,7 +540,14 @@ fn main() {
     }
     if part("echo") {
         let interval = Duration::from_millis(env_num("BENCH_ECHO_INTERVAL_MS", 100) as u64);
-        let (d, g) = echo_latency(&direct, &gateway, echo, echo_each, interval);
+        let (d, g, cost) = echo_latency(&w.gateway, &direct, &gateway, echo, echo_each, interval);
+        // Every terminal types one warm-up key, then `echo_each`.
+        let keys = (echo * (echo_each + 1)) as f64;
+        println!(
+            "gateway per keystroke while typing: {:.0} µs CPU, {:.1} context switches (echo and recording included)",
+            cost.cpu_seconds / keys * 1e6,
+            cost.context_switches as f64 / keys
+        );
         for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
             let (dp, gp) = (percentile(&d, p), percentile(&g, p));
             println!(
