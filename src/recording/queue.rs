@@ -13,8 +13,9 @@
 //! later event is refused, and [`Writer::failure`] says why for the audit log.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,8 +54,9 @@ struct Shared {
     why: Mutex<Option<String>>,
     /// Woken when the queue drains below half its limit, or the writer fails.
     room: Notify,
-    /// A sync or seal is queued: someone waits, so the writer stops lingering.
-    urgent: AtomicBool,
+    /// The gatherer owes this writer a wake-up (see [`Gatherer`]): set by the
+    /// first event after the writer last woke, cleared each time it wakes.
+    scheduled: AtomicBool,
 }
 
 impl Shared {
@@ -74,28 +76,6 @@ impl Shared {
         self.queued.load(Ordering::SeqCst) > self.limit / 2
     }
 
-    /// Ends the writer thread's linger (see [`LINGER`]) early. The flag, not the
-    /// unpark alone, says so: a thread's unpark token does not count, and the
-    /// channel's own wake-up may have used it up.
-    fn hurry(&self, thread: &std::thread::Thread) {
-        self.urgent.store(true, Ordering::SeqCst);
-        thread.unpark();
-    }
-
-    /// Waits up to [`LINGER`] for more events, unless a sync or seal is queued.
-    fn linger(&self) {
-        let until = Instant::now() + LINGER;
-        while !self.urgent.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::park_timeout(left);
-        }
-        // The request that set it is queued behind what woke us: drained next.
-        self.urgent.store(false, Ordering::SeqCst);
-    }
-
     /// The writer took `cost` bytes off the queue.
     fn drained(&self, cost: usize) {
         let before = self.queued.fetch_sub(cost, Ordering::SeqCst);
@@ -109,10 +89,23 @@ impl Shared {
 /// Handle to a writer thread. Clones share the thread; the first [`Writer::seal`] ends it.
 #[derive(Clone)]
 pub struct Writer {
+    // Dropped before `_last`: when the last handle goes, the channel is closed
+    // by the time the writer is woken to notice.
     tx: Sender<Cmd>,
     shared: Arc<Shared>,
-    /// The writer thread, unparked when a sync or seal must not wait out its linger.
-    thread: std::thread::Thread,
+    /// The writer thread, woken at once for a sync or seal.
+    thread: Thread,
+    _last: Arc<WakeOnLastDrop>,
+}
+
+/// Wakes the writer thread when the last handle is dropped without a seal, so it
+/// sees its channel closed and ends (leaving the file for restart recovery).
+struct WakeOnLastDrop(Thread);
+
+impl Drop for WakeOnLastDrop {
+    fn drop(&mut self) {
+        self.0.unpark();
+    }
 }
 
 impl Writer {
@@ -129,7 +122,7 @@ impl Writer {
             failed: AtomicBool::new(false),
             why: Mutex::new(None),
             room: Notify::new(),
-            urgent: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
         });
         let name = recorder
             .path()
@@ -142,7 +135,12 @@ impl Writer {
             .spawn(move || run(recorder, rx, &thread_shared, on_failure))?
             .thread()
             .clone();
-        Ok(Writer { tx, shared, thread })
+        Ok(Writer {
+            tx,
+            shared,
+            _last: Arc::new(WakeOnLastDrop(thread.clone())),
+            thread,
+        })
     }
 
     /// The event API the relays use.
@@ -211,7 +209,7 @@ impl Writer {
         self.tx
             .send(Cmd::Sync(reply))
             .map_err(|_| RecordingError::WriterGone)?;
-        self.shared.hurry(&self.thread);
+        self.thread.unpark();
         rx.await.map_err(|_| RecordingError::WriterGone)?
     }
 
@@ -230,7 +228,7 @@ impl Writer {
         self.tx
             .send(Cmd::Seal(end_reason.to_string(), reply))
             .map_err(|_| RecordingError::WriterGone)?;
-        self.shared.hurry(&self.thread);
+        self.thread.unpark();
         Ok(rx)
     }
 
@@ -251,7 +249,12 @@ impl Writer {
         let at = Instant::now();
         self.tx
             .send(Cmd::Record { at, body, cost })
-            .map_err(|_| RecordingError::WriterGone)
+            .map_err(|_| RecordingError::WriterGone)?;
+        // Sent first: a writer that clears the flag after this drains the event.
+        if !self.shared.scheduled.swap(true, Ordering::SeqCst) {
+            gatherer().schedule(&self.thread);
+        }
+        Ok(())
     }
 }
 
@@ -339,17 +342,75 @@ impl RecordSink<'_> {
     }
 }
 
-/// How long the writer thread lets events gather after it was woken up. A busy
-/// session (an HTTP app under load, a database session running statements, a
-/// fast-scrolling terminal) then costs one wake-up of this thread per `LINGER`
-/// instead of one per event; each wake-up is a system call on the relay's thread
-/// and a context switch on the same two cores. At 5 ms, eight `pgbench` sessions
-/// spent 4–10 µs more gateway CPU per simple-query transaction than at 20 ms. Durability is
-/// unchanged: it comes from checkpoints, not from this. A sync or seal cuts the
-/// linger short ([`Shared::hurry`]), so nobody waiting on one waits for it.
+/// How long events gather before their writer is woken. A busy session (an HTTP
+/// app under load, a database session running statements, a fast-scrolling
+/// terminal) then costs one wake-up of its writer thread per `LINGER` instead of
+/// one per event, and many sessions share one timer ([`Gatherer`]) instead of
+/// each lingering on its own. At 5 ms, eight `pgbench` sessions spent 4–10 µs more
+/// gateway CPU per simple-query transaction than at 20 ms. Durability is
+/// unchanged: it comes from checkpoints, not from this. A sync or seal wakes its
+/// writer at once.
 const LINGER: Duration = Duration::from_millis(20);
 
+/// One timer for every writer thread. The first event after a writer last woke
+/// registers that writer here (no wake-up on the relay's thread); every
+/// [`LINGER`] while any are registered, this thread wakes them all. With 100
+/// terminals typing a key every 100 ms, each keystroke used to wake its writer
+/// twice (the event, then the end of its own linger), with a futex call on the
+/// relay's thread for the first; now each writer wakes once per burst and the
+/// relays make no call at all.
+struct Gatherer {
+    due: Mutex<Vec<Thread>>,
+    work: Condvar,
+}
+
+fn gatherer() -> &'static Gatherer {
+    static GATHERER: OnceLock<&'static Gatherer> = OnceLock::new();
+    GATHERER.get_or_init(|| {
+        let gatherer: &'static Gatherer = Box::leak(Box::new(Gatherer {
+            due: Mutex::new(Vec::new()),
+            work: Condvar::new(),
+        }));
+        // Without the thread, writers would still wake for syncs, seals and
+        // checkpoints; events would wait for those.
+        if let Err(e) = std::thread::Builder::new()
+            .name("rec gather".into())
+            .spawn(move || gatherer.run())
+        {
+            tracing::error!(error = %e, "cannot start the recording gatherer");
+        }
+        gatherer
+    })
+}
+
+impl Gatherer {
+    fn schedule(&self, writer: &Thread) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        due.push(writer.clone());
+        if due.len() == 1 {
+            self.work.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+                while due.is_empty() {
+                    due = self.work.wait(due).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            std::thread::sleep(LINGER);
+            let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
+            for writer in due {
+                writer.unpark();
+            }
+        }
+    }
+}
+
 /// The writer thread: applies commands in order and signs checkpoints when due.
+/// It sleeps until the gatherer, a sync or seal, or the next checkpoint wakes it.
 fn run(mut rec: Recorder, rx: Receiver<Cmd>, shared: &Shared, on_failure: OnFailure) {
     let mut on_failure = Some(on_failure);
     let mut fail = |e: String| {
@@ -374,24 +435,16 @@ fn run(mut rec: Recorder, rx: Receiver<Cmd>, shared: &Shared, on_failure: OnFail
             // Recorder's drop flushes it) for restart recovery to seal.
             Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {
-                let next = match deadline {
-                    Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match next {
-                    Ok(cmd) => {
-                        // Woken by an event: let its neighbours arrive before draining.
-                        // Sync and seal requests have someone waiting; they go at once,
-                        // and end a linger already under way.
-                        if matches!(cmd, Cmd::Record { .. }) {
-                            shared.linger();
-                        }
-                        cmd
+                match deadline {
+                    Some(d) => {
+                        std::thread::park_timeout(d.saturating_duration_since(Instant::now()))
                     }
-                    // Loop around: the deadline check above writes the checkpoint.
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    None => std::thread::park(),
                 }
+                // Whatever woke us, everything queued is drained next; an event
+                // sent after this registers with the gatherer again.
+                shared.scheduled.store(false, Ordering::SeqCst);
+                continue;
             }
         };
         if let Cmd::Seal(reason, reply) = cmd {
@@ -445,34 +498,26 @@ mod tests {
             failed: AtomicBool::new(false),
             why: Mutex::new(None),
             room: Notify::new(),
-            urgent: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
         });
         let thread = std::thread::current();
-        (Writer { tx, shared, thread }, rx)
+        let writer = Writer {
+            tx,
+            shared,
+            _last: Arc::new(WakeOnLastDrop(thread.clone())),
+            thread,
+        };
+        (writer, rx)
     }
 
     #[test]
-    fn a_queued_sync_ends_the_linger_even_when_its_unpark_was_used_up() {
-        let (writer, _rx) = backlogged_writer(100, 0);
-        let rounds: u32 = 25;
+    fn the_gatherer_wakes_a_registered_thread() {
+        // Any wake-up token left on this thread is used up first.
+        std::thread::park_timeout(Duration::ZERO);
         let started = Instant::now();
-        for _ in 0..rounds {
-            // As on the writer thread: the channel's wake-up for the event that
-            // ends the wait consumes the unpark that `hurry` left.
-            writer.shared.hurry(&std::thread::current());
-            std::thread::park();
-            writer.shared.linger();
-        }
-        // Waiting out each linger would take `rounds * LINGER`, whatever the load.
-        assert!(
-            started.elapsed() < LINGER * rounds / 2,
-            "{:?}",
-            started.elapsed()
-        );
-        // Nothing urgent: the linger lasts.
-        let started = Instant::now();
-        writer.shared.linger();
-        assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
+        gatherer().schedule(&std::thread::current());
+        std::thread::park_timeout(Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(10), "never woken");
     }
 
     #[tokio::test(start_paused = true)]

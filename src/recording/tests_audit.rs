@@ -126,6 +126,43 @@ fn a_full_queue_refuses_events_and_says_why() {
     assert!(verify_file(&summary.path, &ring).ok());
 }
 
+/// Nothing but the shared gatherer wakes a writer for plain events (no sync, no
+/// seal, no checkpoint due within the hour), and dropping the last handle wakes
+/// a parked writer so it ends and leaves its records on disk for recovery.
+#[test]
+fn the_gatherer_drains_queued_events_and_the_last_handle_ends_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, ring) = new_key();
+    let rec = Recorder::create(dir.path(), &meta("g"), key, every(1000)).expect("create");
+    let path = rec.path().to_path_buf();
+    let writer = Writer::spawn(rec, 256, no_failure()).expect("spawn");
+    writer
+        .sink()
+        .output(0, &bytes::Bytes::from(vec![b'x'; 100]))
+        .expect("queue");
+    assert!(
+        writer.backlogged(),
+        "100 bytes and the event overhead fill half of 256"
+    );
+    let start = Instant::now();
+    while writer.backlogged() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never drained");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The writer is parked with nothing owed; only the drop can wake it now.
+    drop(writer);
+    let start = Instant::now();
+    while verify_file(&path, &ring).records < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the writer did not end and flush"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = verify_file(&path, &ring);
+    assert!(report.problems.is_empty() && !report.sealed, "{report}");
+}
+
 /// Opens an audit log in `recordings/audit`.
 fn open_log(recordings: &Path, key: &Arc<RecordingKey>, ring: &KeyRing) -> AuditLog {
     AuditLog::open(
