@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use support::*;
@@ -177,19 +176,12 @@ fn tar_through_exec_stdin_arrives_intact() {
         .output()
         .expect("tar c");
     assert!(tar.status.success());
-    let mut child = w
-        .alice
-        .ssh("root@web-1")
-        .arg(format!("tar -C {} -xf -", dest.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(&tar.stdout));
-    let o = child.wait_with_output().expect("wait");
-    writer.join().expect("join").expect("write stdin");
+    let o = run_with_input(
+        w.alice
+            .ssh("root@web-1")
+            .arg(format!("tar -C {} -xf -", dest.display())),
+        tar.stdout,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(dest.join("sub/big.bin")).expect("untarred"),
@@ -205,20 +197,10 @@ fn a_compressed_session_carries_data_both_ways_intact() {
     let w = World::new();
     w.grant_alice("web-1", "root", "30m");
     let sent = marked_content(4 << 20);
-    let mut child = w
-        .alice
-        .ssh("root@web-1")
-        .args(["-C", "-v", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let data = sent.clone();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let o = child.wait_with_output().expect("wait");
-    writer.join().expect("join").expect("write stdin");
+    let o = run_with_input(
+        w.alice.ssh("root@web-1").args(["-C", "-v", "cat"]),
+        sent.clone(),
+    );
     let log = stderr(&o);
     assert!(o.status.success(), "{log}");
     assert!(

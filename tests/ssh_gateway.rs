@@ -450,30 +450,6 @@ fn bit_flipping_proxy(port: u16, flip_at: usize) -> u16 {
     proxy_port
 }
 
-/// Runs `cmd` with `input` on its stdin, killed after 60 s so a hang fails the test.
-fn run_with_input(cmd: &mut std::process::Command, input: Vec<u8>) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    // The client may die before reading everything; that is for the caller to judge.
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("client still running after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
 #[test]
 fn chacha20_poly1305_carries_megabytes_both_ways_and_refuses_a_flipped_bit() {
     let w = World::new();

@@ -365,21 +365,21 @@ struct Gatherer {
 }
 
 fn gatherer() -> &'static Gatherer {
-    static GATHERER: OnceLock<&'static Gatherer> = OnceLock::new();
+    static GATHERER: OnceLock<Gatherer> = OnceLock::new();
     GATHERER.get_or_init(|| {
-        let gatherer: &'static Gatherer = Box::leak(Box::new(Gatherer {
-            due: Mutex::new(Vec::new()),
-            work: Condvar::new(),
-        }));
-        // Without the thread, writers would still wake for syncs, seals and
-        // checkpoints; events would wait for those.
+        // The thread's first call waits for this initialisation to finish.
+        // Without it, writers would still wake for syncs, seals and checkpoints;
+        // events would wait for those.
         if let Err(e) = std::thread::Builder::new()
             .name("rec gather".into())
-            .spawn(move || gatherer.run())
+            .spawn(|| gatherer().run())
         {
             tracing::error!(error = %e, "cannot start the recording gatherer");
         }
-        gatherer
+        Gatherer {
+            due: Mutex::new(Vec::new()),
+            work: Condvar::new(),
+        }
     })
 }
 

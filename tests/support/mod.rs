@@ -155,6 +155,42 @@ impl Drop for Sshd {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin, written from another thread while the
+/// output is read, so a command that answers as it reads cannot block on full
+/// pipes; killed after 60 s so a hang fails the test. A client that dies before
+/// reading everything is for the caller to judge.
+pub fn run_with_input(cmd: &mut Command, input: Vec<u8>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let (finished, watched) = std::sync::mpsc::channel::<()>();
+    let pid = child.id().to_string();
+    let watchdog = std::thread::spawn(move || {
+        let hung = matches!(
+            watched.recv_timeout(Duration::from_secs(60)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if hung {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        hung
+    });
+    let o = child.wait_with_output().expect("output");
+    drop(finished);
+    assert!(
+        !watchdog.join().expect("watchdog"),
+        "client still running after 60 s"
+    );
+    o
+}
+
 /// User plus system CPU time a process has used so far, in seconds.
 pub fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -45,14 +45,14 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// header value, so this is never sent in practice.
 const UNKNOWN: HeaderValue = HeaderValue::from_static("unknown");
 
-/// The forwarding headers for one client connection, made when its first request
-/// is forwarded rather than formatted for every request: the client's address
+/// The forwarding headers for one client connection, made once rather than
+/// formatted for every request: the client's address
 /// does not change, and the host rarely does (HTTP/2 may reuse a connection for
 /// another app, which then gets its own `Forwarded`).
 pub struct Forwarding {
     peer: SocketAddr,
     /// `X-Forwarded-For`.
-    client: OnceLock<HeaderValue>,
+    client: HeaderValue,
     /// The host of the first forwarded request and its `Forwarded`.
     first_host: OnceLock<(HeaderValue, HeaderValue)>,
 }
@@ -61,7 +61,7 @@ impl Forwarding {
     pub fn new(peer: SocketAddr) -> Self {
         Forwarding {
             peer,
-            client: OnceLock::new(),
+            client: HeaderValue::try_from(peer.ip().to_string()).unwrap_or(UNKNOWN),
             first_host: OnceLock::new(),
         }
     }
@@ -74,10 +74,7 @@ impl Forwarding {
     /// Sets `X-Forwarded-For/Host/Proto` and `Forwarded` for a request to `host`
     /// (what the client asked for), replacing whatever the client sent.
     pub fn apply(&self, headers: &mut HeaderMap, host: &HeaderValue) {
-        let client = self
-            .client
-            .get_or_init(|| HeaderValue::try_from(self.peer.ip().to_string()).unwrap_or(UNKNOWN));
-        headers.insert(X_FORWARDED_FOR, client.clone());
+        headers.insert(X_FORWARDED_FOR, self.client.clone());
         headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let (first, forwarded) = self
