@@ -89,6 +89,10 @@ pub struct SshConfig {
     pub user_cert_validity: Duration,
     /// Ciphers offered to engineers' clients, which pick by their own order.
     pub ciphers: SshCiphers,
+    /// Record what engineers send on terminals and commands (keystrokes, a
+    /// command's stdin). Off, it is counted but not kept, for teams that must
+    /// not store passwords typed at prompts; output is recorded either way.
+    pub record_input: bool,
 }
 
 /// The SSH front's cipher offer.
@@ -232,6 +236,7 @@ impl Default for SshConfig {
             request_wait: Duration::from_secs(5 * 60),
             user_cert_validity: Duration::from_secs(12 * 3600),
             ciphers: SshCiphers::Default,
+            record_input: true,
         }
     }
 }

@@ -329,3 +329,60 @@ fn export_to_asciicast_plays_in_asciinema_and_jsonl_keeps_every_record() {
     assert_eq!(records[on_disk - 1]["type"], "seal");
     assert!(records.iter().any(|r| r["type"] == "pty"));
 }
+
+#[test]
+fn with_record_input_off_a_commands_input_is_counted_not_kept_and_its_output_still_is() {
+    let typed: &[u8] = b"typed-secret-4711\n";
+    for record_input in [true, false] {
+        let gateway = if record_input {
+            Gateway::start()
+        } else {
+            Gateway::start_with_ssh("record_input = false\n")
+        };
+        let w = World::with_gateway(gateway);
+        w.grant_alice("web-1", "root", "30m");
+        let mut ssh = w.alice.ssh("root@web-1");
+        ssh.arg("cat > /dev/null; echo out-marker");
+        let o = run_with_input(&mut ssh, typed.to_vec());
+        assert!(stdout(&o).contains("out-marker"), "{}", stderr(&o));
+        wait_until_ended(&w, 1);
+
+        let path = recordings(&w).pop().expect("recording");
+        let rec = read_file(&path).expect("read");
+        let data = |input: bool| -> Vec<u8> {
+            (rec.records.iter())
+                .filter_map(|r| match (&r.body, input) {
+                    (Some(Body::Input(d)), true) | (Some(Body::Output(d)), false) => {
+                        Some(d.data.clone())
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        let notes: Vec<&str> = (rec.records.iter())
+            .filter_map(|r| match &r.body {
+                Some(Body::Note(n)) => Some(n.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let file = std::fs::read(&path).expect("file");
+        let has_typed = file.windows(typed.len()).any(|w| w == typed);
+        assert_eq!(
+            data(false),
+            b"out-marker\n",
+            "record_input = {record_input}"
+        );
+        if record_input {
+            assert_eq!(data(true), typed);
+            assert!(has_typed);
+            assert!(!notes.iter().any(|n| n.contains("input not recorded")));
+        } else {
+            assert!(data(true).is_empty());
+            assert!(!has_typed, "the typed text is in the recording file");
+            let counted = format!("input not recorded ({} bytes)", typed.len());
+            assert!(notes.iter().any(|n| n.ends_with(&counted)), "{notes:?}");
+        }
+        assert!(w.gateway.admin(&["verify"]).status.success());
+    }
+}

@@ -108,7 +108,10 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
     }
     let tap = match &setup.start {
         Start::Subsystem(name) if name == "sftp" => Tap::Sftp(Box::default()),
-        _ => Tap::Raw,
+        _ if cx.front.settings.record_input => Tap::Raw,
+        _ => Tap::OutputOnly {
+            unrecorded_input: 0,
+        },
     };
     relay::relay(down, up, &open, &cx.slot, &cx.downstream, tap, pty).await;
 }

@@ -18,6 +18,9 @@ use crate::session::{EndReason, SessionHandle};
 pub(super) enum Tap {
     /// Every byte: terminals and commands.
     Raw,
+    /// Terminals and commands with `[ssh] record_input = false`: output byte for
+    /// byte, input only counted.
+    OutputOnly { unrecorded_input: u64 },
     /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
     Sftp(Box<SftpTap>),
     /// A forwarded TCP connection: only its destination, byte counts and
@@ -40,6 +43,10 @@ impl Tap {
     ) -> Result<(), RecordingError> {
         match self {
             Tap::Raw => session.record(|r| r.input(channel, data)),
+            Tap::OutputOnly { unrecorded_input } => {
+                *unrecorded_input += data.len() as u64;
+                Ok(())
+            }
             Tap::Sftp(tap) => match tap.requests(data) {
                 Ok(lines) => notes(session, channel, &lines),
                 Err(e) => self.give_up(session, channel, &e.to_string(), data, true),
@@ -59,7 +66,7 @@ impl Tap {
         data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
-            Tap::Raw => session.record(|r| r.output(channel, data)),
+            Tap::Raw | Tap::OutputOnly { .. } => session.record(|r| r.output(channel, data)),
             Tap::Sftp(tap) => match tap.responses(data) {
                 Ok(lines) => notes(session, channel, &lines),
                 Err(e) => self.give_up(session, channel, &e.to_string(), data, false),
@@ -95,6 +102,9 @@ impl Tap {
     fn finish(&mut self, session: &SessionHandle, channel: u32) {
         let lines = match self {
             Tap::Raw => return,
+            Tap::OutputOnly { unrecorded_input } => {
+                vec![format!("input not recorded ({unrecorded_input} bytes)")]
+            }
             Tap::Sftp(tap) => tap.finish(),
             Tap::Forward {
                 destination,
