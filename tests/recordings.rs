@@ -382,6 +382,11 @@ fn with_record_input_off_a_commands_input_is_counted_not_kept_and_its_output_sti
             assert!(!has_typed, "the typed text is in the recording file");
             let counted = format!("input not recorded ({} bytes)", typed.len());
             assert!(notes.iter().any(|n| n.ends_with(&counted)), "{notes:?}");
+            assert!(
+                (notes.iter())
+                    .any(|n| n.ends_with("input is not recorded ([ssh] record_input = false)")),
+                "{notes:?}"
+            );
         }
         assert!(w.gateway.admin(&["verify"]).status.success());
     }

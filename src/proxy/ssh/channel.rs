@@ -99,13 +99,6 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
         }
     };
     let channel = down.id().number();
-    if let Err(e) = record_start(&open.session, channel, &setup) {
-        tracing::error!(session = open.session.id(), error = %e, "recording failed");
-        return refuse(&down, &EndReason::RecordingFailed.to_string(), pty).await;
-    }
-    for notice in &setup.notices {
-        relay::tell(&down, notice, pty).await;
-    }
     let tap = match &setup.start {
         Start::Subsystem(name) if name == "sftp" => Tap::Sftp(Box::default()),
         _ if cx.front.settings.record_input => Tap::Raw,
@@ -113,6 +106,13 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
             unrecorded_input: 0,
         },
     };
+    if let Err(e) = record_start(&open.session, channel, &setup, &tap) {
+        tracing::error!(session = open.session.id(), error = %e, "recording failed");
+        return refuse(&down, &EndReason::RecordingFailed.to_string(), pty).await;
+    }
+    for notice in &setup.notices {
+        relay::tell(&down, notice, pty).await;
+    }
     relay::relay(down, up, &open, &cx.slot, &cx.downstream, tap, pty).await;
 }
 
@@ -222,7 +222,13 @@ fn record_start(
     session: &SessionHandle,
     channel: u32,
     setup: &Setup,
+    tap: &Tap,
 ) -> Result<(), RecordingError> {
+    if let Tap::OutputOnly { .. } = tap {
+        // Said up front too, so a recording cut short by a crash still tells.
+        let note = format!("channel {channel}: input is not recorded ([ssh] record_input = false)");
+        session.record(|r| r.note(note))?;
+    }
     if let Some(p) = &setup.pty {
         session.record(|r| r.pty(channel, &p.term, p.cols, p.rows))?;
     }
