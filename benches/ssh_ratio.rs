@@ -15,7 +15,11 @@
 //! gateway's config, e.g. a `[recording]` section, for A/B runs), `BENCH_GATEWAY_SSH`
 //! (lines for its `[ssh]` section, e.g. `ciphers = "aes-gcm"`). `BENCH_PARTS` picks parts (comma list of
 //! bulk, scp, setup, concurrent, echo, idle; default all).
-//! Everything runs on loopback; the gateway records every session as usual.
+//! Everything runs on loopback; the gateway records every session as usual,
+//! with its default `[ssh] command_input_limit`: the bulk upload's first MiB of
+//! stdin is kept and the rest counted, as file contents sent over SFTP are not
+//! kept at all. `BENCH_GATEWAY_SSH='command_input_limit = "unlimited"'` keeps
+//! every byte.
 //!
 //! The direct path logs in with a user certificate signed by the gateway's own
 //! user CA for the engineer's key, so both paths use the same key type and the
@@ -472,6 +476,15 @@ fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(1200);
     println!("ssh_ratio: gateway vs direct OpenSSH on this machine (recording on)");
+    if let Some(extra) = std::env::var("BENCH_GATEWAY_SSH")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        println!(
+            "ssh_ratio: gateway [ssh] settings: {}",
+            extra.replace('\n', "; ")
+        );
+    }
     let row = |what: &str, unit: &str, d: f64, g: f64, higher_better: bool| {
         let ratio = if higher_better { g / d } else { d / g };
         println!(

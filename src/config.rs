@@ -93,6 +93,32 @@ pub struct SshConfig {
     /// command's stdin). Off, it is counted but not kept, for teams that must
     /// not store passwords typed at prompts; output is recorded either way.
     pub record_input: bool,
+    /// Most bytes of each command's stdin (a channel without a terminal) kept in
+    /// the recording; the rest is counted. `None` ("unlimited") keeps all of it.
+    #[serde(with = "byte_limit")]
+    pub command_input_limit: Option<u64>,
+}
+
+/// `command_input_limit = 1048576` or `"unlimited"`.
+mod byte_limit {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Limit {
+        Bytes(u64),
+        Word(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Limit::deserialize(d)? {
+            Limit::Bytes(n) => Ok(Some(n)),
+            Limit::Word(w) if w == "unlimited" => Ok(None),
+            Limit::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a number of bytes or \"unlimited\", not {w:?}"
+            ))),
+        }
+    }
 }
 
 /// The SSH front's cipher offer.
@@ -237,6 +263,7 @@ impl Default for SshConfig {
             user_cert_validity: Duration::from_secs(12 * 3600),
             ciphers: SshCiphers::Default,
             record_input: true,
+            command_input_limit: Some(1024 * 1024),
         }
     }
 }
@@ -409,6 +436,23 @@ mod tests {
         assert!(c.ssh.env_allowed("LC_ALL"));
         assert!(!c.ssh.env_allowed("LANGUAGE"));
         assert!(!c.ssh.env_allowed("LD_PRELOAD"));
+    }
+
+    #[test]
+    fn the_command_input_limit_is_bytes_or_unlimited() {
+        assert_eq!(Config::default().ssh.command_input_limit, Some(1 << 20));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        for (value, parsed) in [
+            ("65536", Some(Some(65536))),
+            ("\"unlimited\"", Some(None)),
+            ("\"lots\"", None),
+        ] {
+            std::fs::write(&path, format!("[ssh]\ncommand_input_limit = {value}\n"))
+                .expect("write");
+            let loaded = Config::load(Some(&path)).ok();
+            assert_eq!(loaded.map(|c| c.ssh.command_input_limit), parsed, "{value}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use drawbridge::recording::audit::{AuditIndex, audit_dir};
 use drawbridge::recording::proto::record::Body;
-use drawbridge::recording::{KeyRing, read_file, verify_file};
+use drawbridge::recording::{KeyRing, Recording, read_file, verify_file};
 use support::*;
 
 fn sessions(w: &World) -> Vec<serde_json::Value> {
@@ -330,6 +330,26 @@ fn export_to_asciicast_plays_in_asciinema_and_jsonl_keeps_every_record() {
     assert!(records.iter().any(|r| r["type"] == "pty"));
 }
 
+/// The input (or output) bytes a recording holds, all channels together.
+fn recorded_data(rec: &Recording, input: bool) -> Vec<u8> {
+    (rec.records.iter())
+        .filter_map(|r| match (&r.body, input) {
+            (Some(Body::Input(d)), true) | (Some(Body::Output(d)), false) => Some(d.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn recorded_notes(rec: &Recording) -> Vec<&str> {
+    (rec.records.iter())
+        .filter_map(|r| match &r.body {
+            Some(Body::Note(n)) => Some(n.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn with_record_input_off_a_commands_input_is_counted_not_kept_and_its_output_still_is() {
     let typed: &[u8] = b"typed-secret-4711\n";
@@ -349,23 +369,8 @@ fn with_record_input_off_a_commands_input_is_counted_not_kept_and_its_output_sti
 
         let path = recordings(&w).pop().expect("recording");
         let rec = read_file(&path).expect("read");
-        let data = |input: bool| -> Vec<u8> {
-            (rec.records.iter())
-                .filter_map(|r| match (&r.body, input) {
-                    (Some(Body::Input(d)), true) | (Some(Body::Output(d)), false) => {
-                        Some(d.data.clone())
-                    }
-                    _ => None,
-                })
-                .flatten()
-                .collect()
-        };
-        let notes: Vec<&str> = (rec.records.iter())
-            .filter_map(|r| match &r.body {
-                Some(Body::Note(n)) => Some(n.text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let data = |input: bool| recorded_data(&rec, input);
+        let notes = recorded_notes(&rec);
         let file = std::fs::read(&path).expect("file");
         let has_typed = file.windows(typed.len()).any(|w| w == typed);
         assert_eq!(
@@ -390,4 +395,68 @@ fn with_record_input_off_a_commands_input_is_counted_not_kept_and_its_output_sti
         }
         assert!(w.gateway.admin(&["verify"]).status.success());
     }
+}
+
+#[test]
+fn a_commands_stdin_is_kept_up_to_the_limit_and_keystrokes_are_kept_whole() {
+    const LIMIT: usize = 65536;
+    let gateway = Gateway::start_with_ssh(&format!("command_input_limit = {LIMIT}\n"));
+    let w = World::with_gateway(gateway);
+    w.grant_alice("web-1", "root", "30m");
+
+    // A command's stdin (a file, as with `tar c | ssh … 'tar x'`): the first
+    // LIMIT bytes are recorded, the rest counted.
+    let sent: Vec<u8> = (0..200 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut ssh = w.alice.ssh("root@web-1");
+    ssh.arg("cat > /dev/null; echo out-marker");
+    let o = run_with_input(&mut ssh, sent.clone());
+    assert!(stdout(&o).contains("out-marker"), "{}", stderr(&o));
+    wait_until_ended(&w, 1);
+    let first = recordings(&w);
+    let rec = read_file(&first[0]).expect("read");
+    let kept = recorded_data(&rec, true);
+    assert!(
+        kept == sent[..LIMIT],
+        "kept {} bytes of the first {LIMIT}",
+        kept.len()
+    );
+    assert_eq!(recorded_data(&rec, false), b"out-marker\n");
+    let notes = recorded_notes(&rec);
+    let past = format!("input past the first {LIMIT} bytes is counted, not recorded");
+    assert!(notes.iter().any(|n| n.contains(&past)), "{notes:?}");
+    let counted = format!(
+        "input not recorded past the first {LIMIT} bytes ({} bytes)",
+        sent.len() - LIMIT
+    );
+    assert!(notes.iter().any(|n| n.ends_with(&counted)), "{notes:?}");
+
+    // Keystrokes on a terminal are never cut short, however many there are.
+    let typed: Vec<u8> = (0..2560)
+        .flat_map(|i| format!("{:079}\n", i).into_bytes())
+        .collect();
+    let mut ssh = w.alice.ssh("root@web-1");
+    ssh.args([
+        "-tt",
+        &format!("head -c {} > /dev/null; echo pty-done", typed.len()),
+    ]);
+    let o = run_with_input(&mut ssh, typed.clone());
+    assert!(stdout(&o).contains("pty-done"), "{}", stderr(&o));
+    wait_until_ended(&w, 2);
+    let second = (recordings(&w).into_iter())
+        .find(|p| !first.contains(p))
+        .expect("second recording");
+    let rec = read_file(&second).expect("read");
+    let kept = recorded_data(&rec, true);
+    assert!(
+        kept == typed,
+        "kept {} of {} typed bytes",
+        kept.len(),
+        typed.len()
+    );
+    assert!(
+        !recorded_notes(&rec)
+            .iter()
+            .any(|n| n.contains("not recorded"))
+    );
+    assert!(w.gateway.admin(&["verify"]).status.success());
 }

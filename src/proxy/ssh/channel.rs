@@ -11,7 +11,8 @@ use russh::{Channel, ChannelMsg, Pty, client};
 
 use super::SshFront;
 use super::downstream::{OpenSession, SessionSlot};
-use super::relay::{self, Tap};
+use super::relay::{self, InputKept, Tap};
+use crate::config::SshConfig;
 use crate::identity::Identity;
 use crate::recording::RecordingError;
 use crate::session::{EndReason, SessionHandle};
@@ -101,10 +102,7 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
     let channel = down.id().number();
     let tap = match &setup.start {
         Start::Subsystem(name) if name == "sftp" => Tap::Sftp(Box::default()),
-        _ if cx.front.settings.record_input => Tap::Raw,
-        _ => Tap::OutputOnly {
-            unrecorded_input: 0,
-        },
+        _ => Tap::stream(input_kept(&cx.front.settings, pty)),
     };
     if let Err(e) = record_start(&open.session, channel, &setup, &tap) {
         tracing::error!(session = open.session.id(), error = %e, "recording failed");
@@ -218,13 +216,28 @@ async fn start_upstream(
     Ok(up)
 }
 
+/// Keystrokes are kept whole (`[ssh] record_input`); a command's stdin, which is
+/// often a file (`tar c | ssh … 'tar x'`, `scp -O`, `rsync`), up to
+/// `[ssh] command_input_limit`, as SFTP file contents are not kept at all.
+fn input_kept(settings: &SshConfig, pty: bool) -> InputKept {
+    match settings.command_input_limit {
+        _ if !settings.record_input => InputKept::Nothing,
+        Some(limit) if !pty => InputKept::First(limit),
+        _ => InputKept::All,
+    }
+}
+
 fn record_start(
     session: &SessionHandle,
     channel: u32,
     setup: &Setup,
     tap: &Tap,
 ) -> Result<(), RecordingError> {
-    if let Tap::OutputOnly { .. } = tap {
+    if let Tap::Stream {
+        kept: InputKept::Nothing,
+        ..
+    } = tap
+    {
         // Said up front too, so a recording cut short by a crash still tells.
         let note = format!("channel {channel}: input is not recorded ([ssh] record_input = false)");
         session.record(|r| r.note(note))?;

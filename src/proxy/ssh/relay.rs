@@ -16,11 +16,9 @@ use crate::session::{EndReason, SessionHandle};
 
 /// How a channel's traffic is recorded.
 pub(super) enum Tap {
-    /// Every byte: terminals and commands.
-    Raw,
-    /// Terminals and commands with `[ssh] record_input = false`: output byte for
-    /// byte, input only counted.
-    OutputOnly { unrecorded_input: u64 },
+    /// Terminals and commands: output byte for byte, input as far as `kept`
+    /// allows and counted beyond it. `seen` is the input so far.
+    Stream { kept: InputKept, seen: u64 },
     /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
     Sftp(Box<SftpTap>),
     /// A forwarded TCP connection: only its destination, byte counts and
@@ -33,7 +31,37 @@ pub(super) enum Tap {
     },
 }
 
+/// How much of what an engineer sends on a terminal or command is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InputKept {
+    All,
+    /// `[ssh] record_input = false`.
+    Nothing,
+    /// The first bytes of a command's stdin (`[ssh] command_input_limit`).
+    First(u64),
+}
+
+impl InputKept {
+    /// How many of `len` bytes arriving after `seen` are recorded.
+    fn of(self, seen: u64, len: usize) -> usize {
+        match self {
+            InputKept::All => len,
+            InputKept::Nothing => 0,
+            InputKept::First(limit) => limit.saturating_sub(seen).min(len as u64) as usize,
+        }
+    }
+}
+
 impl Tap {
+    /// Every byte both ways.
+    pub(super) fn raw() -> Tap {
+        Tap::stream(InputKept::All)
+    }
+
+    pub(super) fn stream(kept: InputKept) -> Tap {
+        Tap::Stream { kept, seen: 0 }
+    }
+
     /// Engineer → target.
     fn input(
         &mut self,
@@ -42,10 +70,10 @@ impl Tap {
         data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
-            Tap::Raw => session.record(|r| r.input(channel, data)),
-            Tap::OutputOnly { unrecorded_input } => {
-                *unrecorded_input += data.len() as u64;
-                Ok(())
+            Tap::Stream { kept, seen } => {
+                let before = *seen;
+                *seen += data.len() as u64;
+                stream_input(session, channel, *kept, before, data)
             }
             Tap::Sftp(tap) => match tap.requests(data) {
                 Ok(lines) => notes(session, channel, &lines),
@@ -66,7 +94,7 @@ impl Tap {
         data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
-            Tap::Raw | Tap::OutputOnly { .. } => session.record(|r| r.output(channel, data)),
+            Tap::Stream { .. } => session.record(|r| r.output(channel, data)),
             Tap::Sftp(tap) => match tap.responses(data) {
                 Ok(lines) => notes(session, channel, &lines),
                 Err(e) => self.give_up(session, channel, &e.to_string(), data, false),
@@ -90,7 +118,7 @@ impl Tap {
     ) -> Result<(), RecordingError> {
         let text = format!("channel {channel}: sftp not decodable ({why}); recording raw bytes");
         session.record(|r| r.note(&text))?;
-        *self = Tap::Raw;
+        *self = Tap::raw();
         if input {
             session.record(|r| r.input(channel, data))
         } else {
@@ -101,10 +129,15 @@ impl Tap {
     /// The closing note of the channel, if the tap has one.
     fn finish(&mut self, session: &SessionHandle, channel: u32) {
         let lines = match self {
-            Tap::Raw => return,
-            Tap::OutputOnly { unrecorded_input } => {
-                vec![format!("input not recorded ({unrecorded_input} bytes)")]
-            }
+            Tap::Stream { kept, seen } => match *kept {
+                InputKept::All => return,
+                InputKept::Nothing => vec![format!("input not recorded ({seen} bytes)")],
+                InputKept::First(limit) if *seen > limit => vec![format!(
+                    "input not recorded past the first {limit} bytes ({} bytes)",
+                    *seen - limit
+                )],
+                InputKept::First(_) => return,
+            },
             Tap::Sftp(tap) => tap.finish(),
             Tap::Forward {
                 destination,
@@ -118,6 +151,32 @@ impl Tap {
         };
         let _ = notes(session, channel, &lines);
     }
+}
+
+/// Records what `kept` allows of `data`, input that arrives after `seen`
+/// bytes, and says so the moment a command's input first passes its limit (a
+/// recording cut short by a crash still tells).
+fn stream_input(
+    session: &SessionHandle,
+    channel: u32,
+    kept: InputKept,
+    seen: u64,
+    data: &Bytes,
+) -> Result<(), RecordingError> {
+    let keep = kept.of(seen, data.len());
+    if keep > 0 {
+        session.record(|r| r.input(channel, &data.slice(..keep)))?;
+    }
+    if let InputKept::First(limit) = kept
+        && keep < data.len()
+        && seen <= limit
+    {
+        let note = format!(
+            "channel {channel}: input past the first {limit} bytes is counted, not recorded ([ssh] command_input_limit)"
+        );
+        session.record(|r| r.note(note))?;
+    }
+    Ok(())
 }
 
 fn notes(session: &SessionHandle, channel: u32, lines: &[String]) -> Result<(), RecordingError> {
