@@ -460,3 +460,49 @@ fn a_commands_stdin_is_kept_up_to_the_limit_and_keystrokes_are_kept_whole() {
     );
     assert!(w.gateway.admin(&["verify"]).status.success());
 }
+
+#[test]
+fn a_legacy_scp_upload_names_every_file_even_past_the_input_limit() {
+    let w = World::with_gateway(Gateway::start_with_ssh("command_input_limit = 65536\n"));
+    w.grant_alice("web-1", "root", "30m");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = dir.path().join("up");
+    std::fs::create_dir_all(up.join("sub")).expect("mkdir");
+    // Two files past the limit between them: whichever scp sends second starts
+    // beyond it, and must still be named.
+    for name in ["one.bin", "two.bin"] {
+        std::fs::write(up.join(name), vec![7u8; 200 * 1024]).expect("write");
+    }
+    std::fs::write(up.join("sub/small.txt"), b"v1\n").expect("write");
+    let dest = dir.path().join("dest");
+    let o = (w.alice.scp())
+        .args(["-O", "-r"])
+        .arg(&up)
+        .arg(format!("root@web-1@127.0.0.1:{}", dest.display()))
+        .output()
+        .expect("scp");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dest.join("sub/small.txt")).expect("copied"),
+        b"v1\n"
+    );
+    wait_until_ended(&w, 1);
+
+    let rec = read_file(&recordings(&w)[0]).expect("read");
+    let notes = recorded_notes(&rec);
+    for line in [
+        "scp mkdir up (mode 0",
+        "scp upload up/one.bin (204800 bytes, mode 0",
+        "scp upload up/two.bin (204800 bytes, mode 0",
+        "scp mkdir up/sub (mode 0",
+        "scp upload up/sub/small.txt (3 bytes, mode 0",
+    ] {
+        assert!(notes.iter().any(|n| n.contains(line)), "{line}: {notes:#?}");
+    }
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("input past the first 65536 bytes"))
+    );
+    assert!(w.gateway.admin(&["verify"]).status.success());
+}

@@ -9,6 +9,7 @@
 //! - `forward`: one task per `direct-tcpip` channel (`ssh -L`, `ssh -W`).
 //! - `relay`: bytes both ways for either kind, recorded through a tap.
 //! - `sftp`: the SFTP packet decoder that records file operations.
+//! - `scp`: the legacy scp (`scp -O`) upload decoder that names the files sent.
 
 mod ask;
 mod channel;
@@ -16,6 +17,7 @@ mod downstream;
 mod forward;
 mod known_hosts;
 mod relay;
+mod scp;
 mod sftp;
 mod upstream;
 

@@ -10,6 +10,7 @@ use russh::server::{self, Msg as ServerMsg};
 use russh::{Channel, ChannelMsg, client};
 
 use super::downstream::{OpenSession, SessionSlot};
+use super::scp::ScpUpload;
 use super::sftp::SftpTap;
 use crate::recording::RecordingError;
 use crate::session::{EndReason, SessionHandle};
@@ -17,8 +18,13 @@ use crate::session::{EndReason, SessionHandle};
 /// How a channel's traffic is recorded.
 pub(super) enum Tap {
     /// Terminals and commands: output byte for byte, input as far as `kept`
-    /// allows and counted beyond it. `seen` is the input so far.
-    Stream { kept: InputKept, seen: u64 },
+    /// allows and counted beyond it. `seen` is the input so far; `scp` names
+    /// the files of a legacy scp upload, however far past the limit they come.
+    Stream {
+        kept: InputKept,
+        seen: u64,
+        scp: Option<Box<ScpUpload>>,
+    },
     /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
     Sftp(Box<SftpTap>),
     /// A forwarded TCP connection: only its destination, byte counts and
@@ -55,11 +61,11 @@ impl InputKept {
 impl Tap {
     /// Every byte both ways.
     pub(super) fn raw() -> Tap {
-        Tap::stream(InputKept::All)
+        Tap::stream(InputKept::All, None)
     }
 
-    pub(super) fn stream(kept: InputKept) -> Tap {
-        Tap::Stream { kept, seen: 0 }
+    pub(super) fn stream(kept: InputKept, scp: Option<Box<ScpUpload>>) -> Tap {
+        Tap::Stream { kept, seen: 0, scp }
     }
 
     /// Engineer → target.
@@ -70,10 +76,14 @@ impl Tap {
         data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
-            Tap::Stream { kept, seen } => {
+            Tap::Stream { kept, seen, scp } => {
                 let before = *seen;
                 *seen += data.len() as u64;
-                stream_input(session, channel, *kept, before, data)
+                stream_input(session, channel, *kept, before, data)?;
+                match scp {
+                    Some(scp) => notes(session, channel, &scp.input(data)),
+                    None => Ok(()),
+                }
             }
             Tap::Sftp(tap) => match tap.requests(data) {
                 Ok(lines) => notes(session, channel, &lines),
@@ -129,7 +139,7 @@ impl Tap {
     /// The closing note of the channel, if the tap has one.
     fn finish(&mut self, session: &SessionHandle, channel: u32) {
         let lines = match self {
-            Tap::Stream { kept, seen } => match *kept {
+            Tap::Stream { kept, seen, .. } => match *kept {
                 InputKept::All => return,
                 InputKept::Nothing => vec![format!("input not recorded ({seen} bytes)")],
                 InputKept::First(limit) if *seen > limit => vec![format!(
