@@ -462,7 +462,7 @@ fn a_commands_stdin_is_kept_up_to_the_limit_and_keystrokes_are_kept_whole() {
 }
 
 #[test]
-fn a_legacy_scp_upload_names_every_file_even_past_the_input_limit() {
+fn a_legacy_scp_transfer_names_every_file_both_ways_even_past_the_input_limit() {
     let w = World::with_gateway(Gateway::start_with_ssh("command_input_limit = 65536\n"));
     w.grant_alice("web-1", "root", "30m");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -504,5 +504,28 @@ fn a_legacy_scp_upload_names_every_file_even_past_the_input_limit() {
             .iter()
             .any(|n| n.contains("input past the first 65536 bytes"))
     );
+
+    // And back: what leaves the target is named too (its bytes are all kept).
+    let back = dir.path().join("back");
+    let o = (w.alice.scp())
+        .args(["-O", "-r"])
+        .arg(format!("root@web-1@127.0.0.1:{}", dest.display()))
+        .arg(&back)
+        .output()
+        .expect("scp");
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_until_ended(&w, 2);
+    let download = (recordings(&w).iter())
+        .map(|p| read_file(p).expect("read"))
+        .find(|r| recorded_notes(r).iter().any(|n| n.contains("scp download")))
+        .expect("the download's recording");
+    let notes = recorded_notes(&download);
+    for line in [
+        "scp mkdir dest (mode 0",
+        "scp download dest/one.bin (204800 bytes, mode 0",
+        "scp download dest/sub/small.txt (3 bytes, mode 0",
+    ] {
+        assert!(notes.iter().any(|n| n.contains(line)), "{line}: {notes:#?}");
+    }
     assert!(w.gateway.admin(&["verify"]).status.success());
 }

@@ -12,7 +12,7 @@ use russh::{Channel, ChannelMsg, Pty, client};
 use super::SshFront;
 use super::downstream::{OpenSession, SessionSlot};
 use super::relay::{self, InputKept, Tap};
-use super::scp;
+use super::scp::ScpDirection;
 use crate::config::SshConfig;
 use crate::identity::Identity;
 use crate::recording::RecordingError;
@@ -103,9 +103,10 @@ pub(super) async fn run(mut down: Channel<ServerMsg>, cx: ChannelContext) {
     let channel = down.id().number();
     let tap = match &setup.start {
         Start::Subsystem(name) if name == "sftp" => Tap::Sftp(Box::default()),
-        Start::Exec(command) if scp::is_upload_sink(&String::from_utf8_lossy(command)) => {
-            Tap::stream(input_kept(&cx.front.settings, pty), Some(Box::default()))
-        }
+        Start::Exec(command) => Tap::stream(
+            input_kept(&cx.front.settings, pty),
+            ScpDirection::of(&String::from_utf8_lossy(command)),
+        ),
         _ => Tap::stream(input_kept(&cx.front.settings, pty), None),
     };
     if let Err(e) = record_start(&open.session, channel, &setup, &tap) {

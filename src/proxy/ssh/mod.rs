@@ -9,7 +9,7 @@
 //! - `forward`: one task per `direct-tcpip` channel (`ssh -L`, `ssh -W`).
 //! - `relay`: bytes both ways for either kind, recorded through a tap.
 //! - `sftp`: the SFTP packet decoder that records file operations.
-//! - `scp`: the legacy scp (`scp -O`) upload decoder that names the files sent.
+//! - `scp`: the legacy scp (`scp -O`) decoder that names the files sent either way.
 
 mod ask;
 mod channel;

@@ -10,7 +10,7 @@ use russh::server::{self, Msg as ServerMsg};
 use russh::{Channel, ChannelMsg, client};
 
 use super::downstream::{OpenSession, SessionSlot};
-use super::scp::ScpUpload;
+use super::scp::{ScpDirection, ScpStream};
 use super::sftp::SftpTap;
 use crate::recording::RecordingError;
 use crate::session::{EndReason, SessionHandle};
@@ -19,11 +19,11 @@ use crate::session::{EndReason, SessionHandle};
 pub(super) enum Tap {
     /// Terminals and commands: output byte for byte, input as far as `kept`
     /// allows and counted beyond it. `seen` is the input so far; `scp` names
-    /// the files of a legacy scp upload, however far past the limit they come.
+    /// the files of a legacy scp transfer, however far past the limit they come.
     Stream {
         kept: InputKept,
         seen: u64,
-        scp: Option<Box<ScpUpload>>,
+        scp: Option<(ScpDirection, Box<ScpStream>)>,
     },
     /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
     Sftp(Box<SftpTap>),
@@ -64,8 +64,13 @@ impl Tap {
         Tap::stream(InputKept::All, None)
     }
 
-    pub(super) fn stream(kept: InputKept, scp: Option<Box<ScpUpload>>) -> Tap {
-        Tap::Stream { kept, seen: 0, scp }
+    /// A terminal or command; `scp` when it is a legacy scp transfer.
+    pub(super) fn stream(kept: InputKept, scp: Option<ScpDirection>) -> Tap {
+        Tap::Stream {
+            kept,
+            seen: 0,
+            scp: scp.map(|d| (d, Box::new(ScpStream::new(d)))),
+        }
     }
 
     /// Engineer → target.
@@ -81,8 +86,8 @@ impl Tap {
                 *seen += data.len() as u64;
                 stream_input(session, channel, *kept, before, data)?;
                 match scp {
-                    Some(scp) => notes(session, channel, &scp.input(data)),
-                    None => Ok(()),
+                    Some((ScpDirection::Upload, scp)) => notes(session, channel, &scp.feed(data)),
+                    _ => Ok(()),
                 }
             }
             Tap::Sftp(tap) => match tap.requests(data) {
@@ -104,7 +109,13 @@ impl Tap {
         data: &Bytes,
     ) -> Result<(), RecordingError> {
         match self {
-            Tap::Stream { .. } => session.record(|r| r.output(channel, data)),
+            Tap::Stream { scp, .. } => {
+                session.record(|r| r.output(channel, data))?;
+                match scp {
+                    Some((ScpDirection::Download, scp)) => notes(session, channel, &scp.feed(data)),
+                    _ => Ok(()),
+                }
+            }
             Tap::Sftp(tap) => match tap.responses(data) {
                 Ok(lines) => notes(session, channel, &lines),
                 Err(e) => self.give_up(session, channel, &e.to_string(), data, false),

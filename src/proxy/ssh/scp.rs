@@ -1,8 +1,9 @@
-//! The legacy scp tap: decodes what `scp -O` (and rsync-less scripts using
-//! `scp -t`) sends to the remote sink into one line per file and directory,
-//! e.g. `scp upload etc/app.conf (1520 bytes, mode 0644)`. A command's stdin is
-//! only kept up to `[ssh] command_input_limit`, so without these lines a
-//! recording of a large upload would name only its first files.
+//! The legacy scp tap: decodes what `scp -O` sends to a remote `scp -t` (an
+//! upload) or receives from a remote `scp -f` (a download) into one line per
+//! file and directory, e.g. `scp upload etc/app.conf (1520 bytes, mode 0644)`.
+//! A command's stdin is only kept up to `[ssh] command_input_limit`, so without
+//! these lines a recording of a large upload would name only its first files;
+//! a download's bytes are all kept, and its lines say what left the target.
 //!
 //! The sink protocol (OpenSSH `scp.c`): control lines `C<mode> <size> <name>`
 //! (a file, followed by `size` bytes and a NUL), `D<mode> 0 <name>` (enter a
@@ -16,23 +17,40 @@
 /// Longest control line accepted (a name is at most `NAME_MAX` bytes).
 const MAX_LINE: usize = 4096;
 
-/// Whether `command` runs scp as the receiving end of an upload (`scp -t`).
-pub fn is_upload_sink(command: &str) -> bool {
-    let mut words = command.split_whitespace();
-    let Some(program) = words.next() else {
-        return false;
-    };
-    if program.rsplit('/').next() != Some("scp") {
-        return false;
-    }
-    words.take_while(|w| *w != "--").any(|w| {
-        w.starts_with('-') && w[1..].chars().all(|c| c.is_ascii_alphabetic()) && w.contains('t')
-    })
+/// Which way files go in a legacy scp command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScpDirection {
+    /// `scp -t`: the target receives; the control lines come from the engineer.
+    Upload,
+    /// `scp -f`: the target sends; the control lines come from it.
+    Download,
 }
 
-/// Decoding state of one upload.
-#[derive(Default)]
-pub struct ScpUpload {
+impl ScpDirection {
+    /// The direction of `command`, when it runs scp's remote end.
+    pub fn of(command: &str) -> Option<ScpDirection> {
+        let mut words = command.split_whitespace();
+        if words.next()?.rsplit('/').next() != Some("scp") {
+            return None;
+        }
+        let flags: Vec<&str> = words
+            .take_while(|w| *w != "--")
+            .filter_map(|w| w.strip_prefix('-'))
+            .filter(|f| f.chars().all(|c| c.is_ascii_alphabetic()))
+            .collect();
+        let has = |flag: char| flags.iter().any(|f| f.contains(flag));
+        match (has('t'), has('f')) {
+            (true, false) => Some(ScpDirection::Upload),
+            (false, true) => Some(ScpDirection::Download),
+            _ => None,
+        }
+    }
+}
+
+/// Decoding state of one transfer's control lines.
+pub struct ScpStream {
+    /// `upload` or `download`, for the lines.
+    verb: &'static str,
     /// A control line in the making.
     line: Vec<u8>,
     /// Bytes of file data (and its trailing NUL) still to skip.
@@ -43,9 +61,22 @@ pub struct ScpUpload {
     stopped: bool,
 }
 
-impl ScpUpload {
-    /// Feeds client → target bytes; returns the lines to record.
-    pub fn input(&mut self, mut data: &[u8]) -> Vec<String> {
+impl ScpStream {
+    pub fn new(direction: ScpDirection) -> Self {
+        ScpStream {
+            verb: match direction {
+                ScpDirection::Upload => "upload",
+                ScpDirection::Download => "download",
+            },
+            line: Vec::new(),
+            skip: 0,
+            dirs: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Feeds the sending side's bytes; returns the lines to record.
+    pub fn feed(&mut self, mut data: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
         while !data.is_empty() && !self.stopped {
             if self.skip > 0 {
@@ -98,7 +129,10 @@ impl ScpUpload {
                 };
                 let path = self.path(name);
                 if kind == "C" {
-                    lines.push(format!("scp upload {path} ({size} bytes, mode {mode})"));
+                    lines.push(format!(
+                        "scp {} {path} ({size} bytes, mode {mode})",
+                        self.verb
+                    ));
                     // The data, then the NUL that ends it.
                     self.skip = size.saturating_add(1);
                 } else {
@@ -110,8 +144,8 @@ impl ScpUpload {
                 self.dirs.pop();
             }
             "T" => {}
-            // The source reporting a file it could not send.
-            "\u{1}" | "\u{2}" => lines.push(format!("scp error from the client: {rest}")),
+            // The sender reporting a file it could not send.
+            "\u{1}" | "\u{2}" => lines.push(format!("scp error: {rest}")),
             _ => self.stop("unknown control line", lines),
         }
     }
@@ -131,14 +165,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sink_is_recognised_by_its_t_flag() {
-        assert!(is_upload_sink("scp -t /tmp/"));
-        assert!(is_upload_sink("scp -r -p -t -- /srv"));
-        assert!(is_upload_sink("/usr/bin/scp -prt /srv"));
-        assert!(!is_upload_sink("scp -f /etc/motd"));
-        assert!(!is_upload_sink("scp -- -t"));
-        assert!(!is_upload_sink("myscp -t /tmp"));
-        assert!(!is_upload_sink("cat > /tmp/scp -t"));
+    fn the_direction_comes_from_the_t_or_f_flag() {
+        use ScpDirection::*;
+        assert_eq!(ScpDirection::of("scp -t /tmp/"), Some(Upload));
+        assert_eq!(ScpDirection::of("scp -r -p -t -- /srv"), Some(Upload));
+        assert_eq!(ScpDirection::of("/usr/bin/scp -prt /srv"), Some(Upload));
+        assert_eq!(ScpDirection::of("scp -f /etc/motd"), Some(Download));
+        assert_eq!(ScpDirection::of("scp -v -r -f /etc"), Some(Download));
+        assert_eq!(ScpDirection::of("scp -t -f /etc"), None);
+        assert_eq!(ScpDirection::of("scp -- -t"), None);
+        assert_eq!(ScpDirection::of("myscp -t /tmp"), None);
+        assert_eq!(ScpDirection::of("cat > /tmp/scp -t"), None);
     }
 
     #[test]
@@ -152,28 +189,28 @@ mod tests {
             "scp mkdir conf (mode 0755)",
             "scp upload conf/app.conf (5 bytes, mode 0644)",
             "scp upload key with space (3 bytes, mode 0600)",
-            "scp error from the client: scp: /root/x: Permission denied",
+            "scp error: scp: /root/x: Permission denied",
         ];
         for chunk in [1, 3, 7, stream.len()] {
-            let mut tap = ScpUpload::default();
-            let lines: Vec<String> = stream.chunks(chunk).flat_map(|c| tap.input(c)).collect();
+            let mut tap = ScpStream::new(ScpDirection::Upload);
+            let lines: Vec<String> = stream.chunks(chunk).flat_map(|c| tap.feed(c)).collect();
             assert_eq!(lines, expected, "chunks of {chunk}");
         }
     }
 
     #[test]
     fn a_stream_that_is_not_scp_stops_decoding_once() {
-        let mut tap = ScpUpload::default();
-        let lines = tap.input(b"GET / HTTP/1.1\nC0644 1 x\n");
+        let mut tap = ScpStream::new(ScpDirection::Download);
+        let lines = tap.feed(b"GET / HTTP/1.1\nC0644 1 x\n");
         assert_eq!(
             lines,
             vec!["scp stream not decodable (unknown control line); not decoding further"]
         );
-        assert!(tap.input(b"C0644 1 y\nz\0").is_empty());
-        let mut tap = ScpUpload::default();
+        assert!(tap.feed(b"C0644 1 y\nz\0").is_empty());
+        let mut tap = ScpStream::new(ScpDirection::Upload);
         let long = vec![b'C'; MAX_LINE + 1];
-        assert_eq!(tap.input(&long).len(), 1);
-        let mut tap = ScpUpload::default();
-        assert_eq!(tap.input(b"C0644 lots x\n").len(), 1);
+        assert_eq!(tap.feed(&long).len(), 1);
+        let mut tap = ScpStream::new(ScpDirection::Upload);
+        assert_eq!(tap.feed(b"C0644 lots x\n").len(), 1);
     }
 }
