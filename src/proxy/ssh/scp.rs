@@ -53,8 +53,11 @@ pub struct ScpStream {
     verb: &'static str,
     /// A control line in the making.
     line: Vec<u8>,
-    /// Bytes of file data (and its trailing NUL) still to skip.
+    /// Bytes of file data still to skip.
     skip: u64,
+    /// A file's data just ended: a NUL follows, or an error line when the
+    /// sender could not read all of it.
+    after_data: bool,
     /// Directories entered with `D`, for the paths of what is inside.
     dirs: Vec<String>,
     /// Set once the stream stopped parsing; nothing more is decoded.
@@ -70,6 +73,7 @@ impl ScpStream {
             },
             line: Vec::new(),
             skip: 0,
+            after_data: false,
             dirs: Vec::new(),
             stopped: false,
         }
@@ -83,6 +87,10 @@ impl ScpStream {
                 let take = self.skip.min(data.len() as u64);
                 self.skip -= take;
                 data = &data[take as usize..];
+                continue;
+            }
+            if std::mem::take(&mut self.after_data) && data[0] == 0 {
+                data = &data[1..];
                 continue;
             }
             let Some(end) = data.iter().position(|&b| b == b'\n') else {
@@ -133,8 +141,8 @@ impl ScpStream {
                         "scp {} {path} ({size} bytes, mode {mode})",
                         self.verb
                     ));
-                    // The data, then the NUL that ends it.
-                    self.skip = size.saturating_add(1);
+                    self.skip = size;
+                    self.after_data = true;
                 } else {
                     lines.push(format!("scp mkdir {path} (mode {mode})"));
                     self.dirs.push(name.to_string());
@@ -185,11 +193,17 @@ mod tests {
         stream.extend_from_slice(b"C0644 5 app.conf\nhello\0");
         stream.extend_from_slice(b"E\nC0600 3 key with space\nabc\0");
         stream.extend_from_slice(b"\x01scp: /root/x: Permission denied\n");
+        // A file the sender could not read to the end: an error instead of the NUL.
+        stream.extend_from_slice(b"C0644 2 gone\nab\x01scp: gone: Input/output error\n");
+        stream.extend_from_slice(b"C0644 0 empty\n\0");
         let expected = vec![
             "scp mkdir conf (mode 0755)",
             "scp upload conf/app.conf (5 bytes, mode 0644)",
             "scp upload key with space (3 bytes, mode 0600)",
             "scp error: scp: /root/x: Permission denied",
+            "scp upload gone (2 bytes, mode 0644)",
+            "scp error: scp: gone: Input/output error",
+            "scp upload empty (0 bytes, mode 0644)",
         ];
         for chunk in [1, 3, 7, stream.len()] {
             let mut tap = ScpStream::new(ScpDirection::Upload);
