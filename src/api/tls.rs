@@ -7,10 +7,10 @@ use std::convert::Infallible;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -94,10 +94,21 @@ pub async fn serve_tls(
             };
             let client = Arc::new(Forwarding::new(peer));
             let service = service_fn(move |req| front.clone().dispatch(req, client.clone()));
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
+            // ALPN already chose the protocol (HTTP/2 over TLS requires it), so
+            // the connection is not sniffed for a preface.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            let served = if h2 {
+                http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "https connection error");
             }
         });
