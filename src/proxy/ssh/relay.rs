@@ -23,7 +23,7 @@ pub(super) enum Tap {
     Stream {
         kept: InputKept,
         seen: u64,
-        scp: Option<(ScpDirection, Box<ScpStream>)>,
+        scp: Option<Box<ScpStream>>,
     },
     /// SFTP operations, not file contents (`sftp`, `scp` in SFTP mode).
     Sftp(Box<SftpTap>),
@@ -69,7 +69,7 @@ impl Tap {
         Tap::Stream {
             kept,
             seen: 0,
-            scp: scp.map(|d| (d, Box::new(ScpStream::new(d)))),
+            scp: scp.map(|d| Box::new(ScpStream::new(d))),
         }
     }
 
@@ -86,7 +86,9 @@ impl Tap {
                 *seen += data.len() as u64;
                 stream_input(session, channel, *kept, before, data)?;
                 match scp {
-                    Some((ScpDirection::Upload, scp)) => notes(session, channel, &scp.feed(data)),
+                    Some(scp) if scp.direction() == ScpDirection::Upload => {
+                        notes(session, channel, &scp.feed(data))
+                    }
                     _ => Ok(()),
                 }
             }
@@ -112,7 +114,9 @@ impl Tap {
             Tap::Stream { scp, .. } => {
                 session.record(|r| r.output(channel, data))?;
                 match scp {
-                    Some((ScpDirection::Download, scp)) => notes(session, channel, &scp.feed(data)),
+                    Some(scp) if scp.direction() == ScpDirection::Download => {
+                        notes(session, channel, &scp.feed(data))
+                    }
                     _ => Ok(()),
                 }
             }

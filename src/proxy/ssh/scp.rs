@@ -49,8 +49,7 @@ impl ScpDirection {
 
 /// Decoding state of one transfer's control lines.
 pub struct ScpStream {
-    /// `upload` or `download`, for the lines.
-    verb: &'static str,
+    direction: ScpDirection,
     /// A control line in the making.
     line: Vec<u8>,
     /// Bytes of file data still to skip.
@@ -67,16 +66,19 @@ pub struct ScpStream {
 impl ScpStream {
     pub fn new(direction: ScpDirection) -> Self {
         ScpStream {
-            verb: match direction {
-                ScpDirection::Upload => "upload",
-                ScpDirection::Download => "download",
-            },
+            direction,
             line: Vec::new(),
             skip: 0,
             after_data: false,
             dirs: Vec::new(),
             stopped: false,
         }
+    }
+
+    /// Which side's bytes [`feed`](Self::feed) expects: the engineer's for an
+    /// upload, the target's for a download.
+    pub fn direction(&self) -> ScpDirection {
+        self.direction
     }
 
     /// Feeds the sending side's bytes; returns the lines to record.
@@ -123,9 +125,11 @@ impl ScpStream {
     }
 
     fn control(&mut self, line: &str, lines: &mut Vec<String>) {
-        let (kind, rest) = line.split_at(line.len().min(1));
+        let mut chars = line.chars();
+        let kind = chars.next();
+        let rest = chars.as_str();
         match kind {
-            "C" | "D" => {
+            Some(kind @ ('C' | 'D')) => {
                 let mut fields = rest.splitn(3, ' ');
                 let (Some(mode), Some(size), Some(name)) =
                     (fields.next(), fields.next(), fields.next())
@@ -136,11 +140,12 @@ impl ScpStream {
                     return self.stop("malformed size", lines);
                 };
                 let path = self.path(name);
-                if kind == "C" {
-                    lines.push(format!(
-                        "scp {} {path} ({size} bytes, mode {mode})",
-                        self.verb
-                    ));
+                if kind == 'C' {
+                    let verb = match self.direction {
+                        ScpDirection::Upload => "upload",
+                        ScpDirection::Download => "download",
+                    };
+                    lines.push(format!("scp {verb} {path} ({size} bytes, mode {mode})"));
                     self.skip = size;
                     self.after_data = true;
                 } else {
@@ -148,12 +153,12 @@ impl ScpStream {
                     self.dirs.push(name.to_string());
                 }
             }
-            "E" => {
+            Some('E') => {
                 self.dirs.pop();
             }
-            "T" => {}
+            Some('T') => {}
             // The sender reporting a file it could not send.
-            "\u{1}" | "\u{2}" => lines.push(format!("scp error: {rest}")),
+            Some('\u{1}' | '\u{2}') => lines.push(format!("scp error: {rest}")),
             _ => self.stop("unknown control line", lines),
         }
     }
@@ -226,5 +231,10 @@ mod tests {
         assert_eq!(tap.feed(&long).len(), 1);
         let mut tap = ScpStream::new(ScpDirection::Upload);
         assert_eq!(tap.feed(b"C0644 lots x\n").len(), 1);
+        // A first byte that is not ASCII (nor UTF-8) is refused, not a panic.
+        let mut tap = ScpStream::new(ScpDirection::Upload);
+        assert_eq!(tap.feed(b"\xe2\x82C0644 1 x\n").len(), 1);
+        let mut tap = ScpStream::new(ScpDirection::Upload);
+        assert_eq!(tap.feed("é0644 1 x\n".as_bytes()).len(), 1);
     }
 }
