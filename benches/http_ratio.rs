@@ -108,17 +108,16 @@ impl Nginx {
 }
 
 impl Nginx {
-    /// CPU seconds used by the master and its workers so far.
-    fn cpu_seconds(&self) -> f64 {
+    /// CPU time used by the master and its workers so far.
+    fn cpu(&self) -> CpuTime {
         let pid = self.child.id();
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let workers: f64 = children
+        children
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
-            .map(process_cpu_seconds)
-            .sum();
-        process_cpu_seconds(pid) + workers
+            .map(process_cpu)
+            .fold(process_cpu(pid), |sum, worker| sum + worker)
     }
 }
 
@@ -181,24 +180,35 @@ fn wrk_with(url: &str, headers: &[String], secs: u64, conns: u64, threads: u64) 
     }
 }
 
-/// A wrk run and the CPU seconds the proxy under test used during it.
+/// A wrk run, the CPU time the proxy under test used during it, and the whole
+/// machine's (wrk, the upstream and the kernel's network work included).
 struct Measured {
     run: Run,
-    cpu: f64,
+    cpu: CpuTime,
+    machine: CpuTime,
 }
 
 impl Measured {
-    fn of(run: impl FnOnce() -> Run, cpu_seconds: impl Fn() -> f64) -> Measured {
-        let before = cpu_seconds();
+    fn of(run: impl FnOnce() -> Run, cpu: impl Fn() -> CpuTime) -> Measured {
+        let (before, machine_before) = (cpu(), machine_cpu());
         let run = run();
         Measured {
             run,
-            cpu: cpu_seconds() - before,
+            cpu: cpu() - before,
+            machine: machine_cpu() - machine_before,
         }
     }
 
+    fn requests(&self, secs: u64) -> f64 {
+        self.run.rps * secs as f64
+    }
+
     fn cpu_per_request(&self, secs: u64) -> f64 {
-        self.cpu * 1e6 / (self.run.rps * secs as f64)
+        self.cpu.total() * 1e6 / self.requests(secs)
+    }
+
+    fn machine_per_request(&self, secs: u64) -> f64 {
+        self.machine.total() * 1e6 / self.requests(secs)
     }
 }
 
@@ -299,11 +309,11 @@ fn main() {
     // The machine's speed drifts over a run (other tenants, frequency), so
     // nginx and the gateway alternate, each round in the other order, and each
     // round's ratio compares two neighbouring measurements.
-    let measure_nginx = || Measured::of(|| wrk(&proxy_url, &[], secs), || proxy.cpu_seconds());
+    let measure_nginx = || Measured::of(|| wrk(&proxy_url, &[], secs), || proxy.cpu());
     let measure_gateway = || {
         Measured::of(
             || wrk(&gateway_url, &gateway_headers, secs),
-            || w.gateway.cpu_seconds(),
+            || w.gateway.cpu(),
         )
     };
     let mut rows: Vec<(Measured, Measured)> = Vec::new();
@@ -336,11 +346,17 @@ fn main() {
             &gateway.run,
         );
         println!(
-            "round {}: ratio {:.2}; CPU per request: nginx {:.1} µs, drawbridge {:.1} µs",
+            "round {}: ratio {:.2}; CPU per request: nginx {}, drawbridge {}",
             i + 1,
             gateway.run.rps / nginx.run.rps,
-            nginx.cpu_per_request(secs),
-            gateway.cpu_per_request(secs)
+            nginx.cpu.per_event_us(nginx.requests(secs)),
+            gateway.cpu.per_event_us(gateway.requests(secs))
+        );
+        println!(
+            "round {}: whole machine per request: nginx path {:.1} µs, drawbridge path {:.1} µs",
+            i + 1,
+            nginx.machine_per_request(secs),
+            gateway.machine_per_request(secs)
         );
     }
     let median = |f: &dyn Fn(&(Measured, Measured)) -> f64| {
@@ -360,9 +376,11 @@ fn main() {
         median(&|(_, g)| g.run.p99_ms) - direct.p99_ms
     );
     println!(
-        "median CPU per request: nginx {:.1} µs, drawbridge {:.1} µs",
+        "median CPU per request: nginx {:.1} µs, drawbridge {:.1} µs; whole machine: nginx path {:.1} µs, drawbridge path {:.1} µs",
         median(&|(n, _)| n.cpu_per_request(secs)),
-        median(&|(_, g)| g.cpu_per_request(secs))
+        median(&|(_, g)| g.cpu_per_request(secs)),
+        median(&|(n, _)| n.machine_per_request(secs)),
+        median(&|(_, g)| g.machine_per_request(secs))
     );
     // One connection, one request at a time: what each proxy adds to a request
     // when nothing queues behind it (at 50 connections the machine is saturated

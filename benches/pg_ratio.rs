@@ -294,35 +294,47 @@ fn main() {
         println!("{what:<36}{}   {}", cells.join(""), ratios.join(", "));
     };
     // The proxies' own CPU per transaction says how much of the gap is their
-    // work rather than scheduling: all processes share the same two cores.
+    // work rather than scheduling: all processes share the same two cores. The
+    // whole machine's per transaction (pgbench, PostgreSQL, the proxy and the
+    // kernel's loopback work) is the budget a proxy competes for.
     let proxy_cpu = |name: &str| match name {
         "pgbouncer" => bouncer
             .as_ref()
-            .map_or(0.0, |(b, _)| process_cpu_seconds(b.0.id())),
-        "gateway" => gateway.cpu_seconds(),
-        _ => 0.0,
+            .map_or(CpuTime::default(), |(b, _)| process_cpu(b.0.id())),
+        "gateway" => gateway.cpu(),
+        _ => CpuTime::default(),
     };
     let mut cpu_notes = Vec::new();
+    let mut machine_notes = Vec::new();
     for (what, args) in [
         ("pgbench -S -c 8, simple (TPS)", &[][..]),
         ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..]),
     ] {
         let mut tps = Vec::new();
         for r in &routes {
-            let before = proxy_cpu(r.name);
+            let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
             let b = pgbench(r, 8, secs, args, None);
-            let used = proxy_cpu(r.name) - before;
-            if used > 0.0 {
-                let per_txn = used / (b.tps * secs as f64) * 1e6;
-                cpu_notes.push(format!("{} {per_txn:.1}", r.name));
+            let (used, machine) = (proxy_cpu(r.name) - before, machine_cpu() - machine_before);
+            let transactions = b.tps * secs as f64;
+            if used.total() > 0.0 {
+                cpu_notes.push(format!("{} {}", r.name, used.per_event_us(transactions)));
             }
+            machine_notes.push(format!(
+                "{} {:.1}",
+                r.name,
+                machine.total() * 1e6 / transactions
+            ));
             tps.push(b.tps);
         }
         row(what, &tps);
     }
     println!(
-        "  proxy CPU per transaction over those runs (µs, simple then prepared): {}",
+        "  proxy CPU per transaction (simple, then prepared): {}",
         cpu_notes.join(", ")
+    );
+    println!(
+        "  whole machine's CPU per transaction, µs (simple, then prepared): {}",
+        machine_notes.join(", ")
     );
     let mut means = Vec::new();
     let mut p99s = Vec::new();

@@ -191,8 +191,52 @@ pub fn run_with_input(cmd: &mut Command, input: Vec<u8>) -> Output {
     o
 }
 
-/// User plus system CPU time a process has used so far, in seconds.
-pub fn process_cpu_seconds(pid: u32) -> f64 {
+/// CPU time used so far, split into user space and kernel, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// `"20.1 µs (7.6 user + 12.5 kernel)"`: this time spread over `count` events.
+    pub fn per_event_us(self, count: f64) -> String {
+        let us = |s: f64| s * 1e6 / count;
+        format!(
+            "{:.1} µs ({:.1} user + {:.1} kernel)",
+            us(self.total()),
+            us(self.user),
+            us(self.system)
+        )
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+    fn add(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + o.user,
+            system: self.system + o.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - o.user,
+            system: self.system - o.system,
+        }
+    }
+}
+
+/// The CPU time a process (all its threads) has used so far.
+pub fn process_cpu(pid: u32) -> CpuTime {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are
     // the 14th and 15th fields overall, in clock ticks (100 per second).
@@ -201,7 +245,36 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+    let ticks = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    CpuTime {
+        user: ticks(11),
+        system: ticks(12),
+    }
+}
+
+/// User plus system CPU time a process has used so far, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    process_cpu(pid).total()
+}
+
+/// CPU time the whole machine has spent busy so far, all cores and processes
+/// together (`/proc/stat`: user and nice as user; system, interrupts and
+/// softirqs as kernel; idle, iowait and steal left out).
+pub fn machine_cpu() -> CpuTime {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    CpuTime {
+        user: ticks(0) + ticks(1),
+        system: ticks(2) + ticks(5) + ticks(6),
+    }
 }
 
 /// The real gateway binary with its own data, recordings and ports.
@@ -297,7 +370,12 @@ impl Gateway {
 
     /// CPU seconds (user + system) the gateway process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(self.child.id())
+        self.cpu().total()
+    }
+
+    /// The CPU time the gateway process has used so far.
+    pub fn cpu(&self) -> CpuTime {
+        process_cpu(self.child.id())
     }
 
     /// Context switches (voluntary and not) of the gateway's threads alive now.
