@@ -252,11 +252,6 @@ pub fn process_cpu(pid: u32) -> CpuTime {
     }
 }
 
-/// User plus system CPU time a process has used so far, in seconds.
-pub fn process_cpu_seconds(pid: u32) -> f64 {
-    process_cpu(pid).total()
-}
-
 /// CPU time the whole machine has spent busy so far, all cores and processes
 /// together (`/proc/stat`: user and nice as user; system, interrupts and
 /// softirqs as kernel; idle, iowait and steal left out).
