@@ -162,13 +162,23 @@ pub struct PostgresConfig {
     /// is ended with a FATAL error saying so; "0s" turns it off.
     #[serde(with = "serde_duration")]
     pub idle_timeout: Duration,
+    /// A client has this long from connecting to sending its password (as
+    /// PostgreSQL's `authentication_timeout`), so a stalled client cannot hold
+    /// a connection open before it has logged in.
+    #[serde(with = "serde_duration")]
+    pub login_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// HTTPS: REST API (and later the web UI and HTTP proxy).
+    /// HTTPS: REST API, web UI and HTTP apps.
     pub listen: SocketAddr,
+    /// A client has this long to finish its TLS handshake and to send each
+    /// request's headers; an HTTP/1.1 connection idle this long between
+    /// requests is closed too (nginx's `client_header_timeout`).
+    #[serde(with = "serde_duration")]
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +285,7 @@ impl Default for PostgresConfig {
             allow_plaintext_loopback: false,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30 * 60),
+            login_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -283,6 +294,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            header_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -368,6 +380,12 @@ impl Config {
                     hook.url
                 ));
             }
+        }
+        if self.postgres.login_timeout.is_zero() {
+            problems.push("postgres.login_timeout must be positive".to_string());
+        }
+        if self.api.header_timeout.is_zero() {
+            problems.push("api.header_timeout must be positive".to_string());
         }
         if self.postgres.connect_timeout.is_zero() {
             problems.push("postgres.connect_timeout must be positive".to_string());

@@ -214,7 +214,13 @@ pub async fn serve(config: Config) -> Result<(), GatewayError> {
     ));
     let ssh_task = tokio::spawn(ssh.run(ssh_listener, stop_rx.clone()));
     let pg_task = tokio::spawn(pg.run(pg_listener, stop_rx.clone()));
-    let api_task = tokio::spawn(api::serve_tls(api_listener, tls, https, stop_rx));
+    let api_task = tokio::spawn(api::serve_tls(
+        api_listener,
+        tls,
+        https,
+        config.api.header_timeout,
+        stop_rx,
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -367,3 +367,105 @@ fn policy_required_mfa_asks_for_a_single_use_totp_code_at_connect() {
         "a replayed code must be refused"
     );
 }
+
+/// Connects and sends nothing; returns how long until the gateway hung up.
+fn silent_client(addr: &str) -> Duration {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(tcp.read(&mut byte).expect("hung up, not timed out"), 0);
+    started.elapsed()
+}
+
+/// `openssl s_client` with `args`, sends `input` and then stalls with stdin
+/// open; returns what it printed and how long until the gateway hung up.
+fn stalled_tls_client(args: &[&str], input: &[u8]) -> (String, Duration) {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("send");
+    stdin.flush().expect("flush");
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the gateway kept a stalled client for 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    drop(stdin);
+    let out = child.wait_with_output().expect("output");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), elapsed)
+}
+
+/// A PostgreSQL startup message (protocol 3.0) for `user`.
+fn startup_message(user: &str) -> Vec<u8> {
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "app"] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    message.extend(body);
+    message
+}
+
+#[test]
+fn clients_that_stall_before_logging_in_are_let_go_and_others_are_served() {
+    let gw = Gateway::start_with_listeners("login_timeout = \"1s\"\n", "header_timeout = \"1s\"\n");
+    let pg = format!("127.0.0.1:{}", gw.pg_port);
+    let within = |d: Duration| d >= Duration::from_millis(900) && d < Duration::from_secs(10);
+
+    // Silent TCP clients, on the PostgreSQL and HTTPS listeners.
+    let waited = silent_client(&pg);
+    assert!(within(waited), "postgres, silent: {waited:?}");
+    let waited = silent_client(&gw.api_addr);
+    assert!(within(waited), "https, silent: {waited:?}");
+
+    // TLS up and the startup sent, then no password: told why, then closed.
+    let (said, waited) = stalled_tls_client(
+        &["-starttls", "postgres", "-connect", &pg],
+        &startup_message("app_rw@orders-db"),
+    );
+    assert!(within(waited), "postgres, no password: {waited:?}");
+    assert!(
+        said.contains("no password within the login timeout"),
+        "{said:?}"
+    );
+
+    // Half a request's headers, then nothing.
+    let (_, waited) = stalled_tls_client(
+        &["-connect", &gw.api_addr],
+        b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\n",
+    );
+    assert!(within(waited), "https, half the headers: {waited:?}");
+
+    // A stalled client does not hold up anyone else.
+    let _stalled = std::net::TcpStream::connect(&gw.api_addr).expect("connect");
+    let o = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("https://{}/.well-known/jwks.json", gw.api_addr))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+}

@@ -1,6 +1,7 @@
 //! Serving the API over TLS (rustls, ring) with HTTP/1.1 and HTTP/2.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::convert::Infallible;
 
@@ -10,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -58,11 +59,14 @@ impl HttpsFront {
     }
 }
 
-/// Accepts TLS connections and serves `front` on each until `shutdown`.
+/// Accepts TLS connections and serves `front` on each until `shutdown`. A
+/// client gets `header_timeout` for its TLS handshake and for each request's
+/// headers (an idle HTTP/1.1 connection too), so stalled clients let go.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     front: Arc<HttpsFront>,
+    header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -85,10 +89,14 @@ pub async fn serve_tls(
         let front = front.clone();
         let spawned = relays.spawn(stream, move |stream| async move {
             let _ = stream.set_nodelay(true);
-            let tls = match acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(e) => {
+            let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
@@ -104,6 +112,8 @@ pub async fn serve_tls(
                     .await
             } else {
                 http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(io, service)
                     .with_upgrades()
                     .await

@@ -305,6 +305,14 @@ impl Gateway {
         Gateway::start_configured("", &format!("{PG_EXTRA_MARK}{pg_extra}"))
     }
 
+    /// A gateway whose `[postgres]` and `[api]` sections end with these lines.
+    pub fn start_with_listeners(pg_extra: &str, api_extra: &str) -> Gateway {
+        Gateway::start_configured(
+            "",
+            &format!("{PG_EXTRA_MARK}{pg_extra}{API_EXTRA_MARK}{api_extra}"),
+        )
+    }
+
     /// Both: `extra` before the listener settings, `ssh_extra` at the end of `[ssh]`.
     pub fn start_configured(extra: &str, ssh_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -505,6 +513,8 @@ impl Gateway {
 const SSH_EXTRA_MARK: &str = "#ssh-extra\n";
 /// Separates the `[ssh]` lines from those that go into `[postgres]`.
 const PG_EXTRA_MARK: &str = "#pg-extra\n";
+/// Separates the `[postgres]` lines from those that go into `[api]`.
+const API_EXTRA_MARK: &str = "#api-extra\n";
 
 /// Listen addresses: (ssh, postgres, https). `extra` is the top-level extra,
 /// then `SSH_EXTRA_MARK`, then lines for the `[ssh]` section.
@@ -513,12 +523,15 @@ fn write_config(path: &Path, (ssh, pg, api): (&str, &str, &str), extra: &str) {
     let (ssh_extra, pg_extra) = ssh_extra
         .split_once(PG_EXTRA_MARK)
         .unwrap_or((ssh_extra, ""));
+    let (pg_extra, api_extra) = pg_extra
+        .split_once(API_EXTRA_MARK)
+        .unwrap_or((pg_extra, ""));
     std::fs::write(
         path,
         format!(
             "{top}\n[ssh]\nlisten = \"{ssh}\"\nconnect_timeout = \"3s\"\n{ssh_extra}\n\
              [postgres]\nlisten = \"{pg}\"\nconnect_timeout = \"5s\"\n{pg_extra}\n\
-             [api]\nlisten = \"{api}\"\n"
+             [api]\nlisten = \"{api}\"\n{api_extra}"
         ),
     )
     .expect("config");

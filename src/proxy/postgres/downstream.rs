@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::upstream::{self, PostgresUpstream};
 use super::wire::{self, Startup};
@@ -44,10 +45,12 @@ pub(super) async fn serve(front: Arc<PostgresFront>, tcp: TcpStream, peer: Socke
 
 async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Result<(), FrontError> {
     let mut buf = BytesMut::with_capacity(1024);
-    let (mut stream, tls, first) = negotiate(front, tcp, &mut buf).await?;
+    // Everything the client sends before its password shares one deadline.
+    let deadline = Instant::now() + front.login_timeout;
+    let (mut stream, tls, first) = before(deadline, negotiate(front, tcp, &mut buf)).await?;
     let startup = match first {
         Some(packet) => packet,
-        None => read_startup(&mut stream, &mut buf).await?,
+        None => before(deadline, read_startup(&mut stream, &mut buf)).await?,
     };
     let (minor, params) = match startup {
         Startup::Cancel { pid, secret } => {
@@ -114,16 +117,17 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
     let database = database.filter(|d| !d.is_empty() && *d != user);
     wire::auth_cleartext(&mut out);
     write(&mut stream, &mut out).await?;
-    let frame = loop {
-        if let Some(frame) = wire::parse(&mut buf, PASSWORD_FRAME_LIMIT)? {
-            break frame;
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(FrontError::Refused(
-                "client left at the password prompt".into(),
-            ));
-        }
+    let Ok(frame) = tokio::time::timeout_at(deadline, read_password(&mut stream, &mut buf)).await
+    else {
+        return refuse(
+            &mut stream,
+            "08P01",
+            "drawbridge: no password within the login timeout",
+            "",
+        )
+        .await;
     };
+    let frame = frame?;
     let token = wire::password(&frame)?;
     let identity = match identity::by_token(front.store.as_ref(), &token, crate::time::now()).await
     {
@@ -282,6 +286,30 @@ async fn read_startup(
             return Err(FrontError::Refused("client closed during startup".into()));
         }
     }
+}
+
+async fn read_password(stream: &mut Stream, buf: &mut BytesMut) -> Result<wire::Frame, FrontError> {
+    loop {
+        if let Some(frame) = wire::parse(buf, PASSWORD_FRAME_LIMIT)? {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(FrontError::Refused(
+                "client left at the password prompt".into(),
+            ));
+        }
+    }
+}
+
+/// A step of the login that waits on the client, cut off at `deadline` (before
+/// TLS is up there is no way to tell the client why).
+async fn before<T>(
+    deadline: Instant,
+    step: impl Future<Output = Result<T, FrontError>>,
+) -> Result<T, FrontError> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .map_err(|_| FrontError::Refused("no startup within the login timeout".into()))?
 }
 
 async fn write(stream: &mut Stream, out: &mut BytesMut) -> std::io::Result<()> {

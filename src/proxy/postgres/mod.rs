@@ -43,6 +43,7 @@ pub struct PostgresFront {
     allow_plaintext_loopback: bool,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    login_timeout: Duration,
     cancels: CancelKeys,
 }
 
@@ -64,6 +65,7 @@ impl PostgresFront {
             allow_plaintext_loopback: config.allow_plaintext_loopback,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
+            login_timeout: config.login_timeout,
             cancels: CancelKeys::default(),
         }
     }
