@@ -61,7 +61,7 @@ impl HttpsFront {
 
 /// Accepts TLS connections and serves `front` on each until `shutdown`. A
 /// client gets `header_timeout` for its TLS handshake and for each request's
-/// headers (an idle HTTP/1.1 connection too), so stalled clients let go.
+/// headers (an idle HTTP/1.1 connection too), so stalled clients are let go.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
