@@ -517,7 +517,8 @@ const PG_EXTRA_MARK: &str = "#pg-extra\n";
 const API_EXTRA_MARK: &str = "#api-extra\n";
 
 /// Listen addresses: (ssh, postgres, https). `extra` is the top-level extra,
-/// then `SSH_EXTRA_MARK`, then lines for the `[ssh]` section.
+/// then `SSH_EXTRA_MARK` and lines for `[ssh]`, then optionally `PG_EXTRA_MARK`
+/// and lines for `[postgres]`, then `API_EXTRA_MARK` and lines for `[api]`.
 fn write_config(path: &Path, (ssh, pg, api): (&str, &str, &str), extra: &str) {
     let (top, ssh_extra) = extra.split_once(SSH_EXTRA_MARK).unwrap_or((extra, ""));
     let (ssh_extra, pg_extra) = ssh_extra
