@@ -397,3 +397,134 @@ fn bodies_are_recorded_when_asked_up_to_the_cap_and_marked_truncated() {
     );
     assert_eq!(data("input", &channel(tiny)), "tiny");
 }
+
+/// Bodiless `GET`/`HEAD` over HTTP/1.1 take the gateway's own relay rather than
+/// hyper; this drives every kind of response through it on one kept-alive
+/// connection, then a `PUT` that hands the connection over to hyper.
+#[test]
+fn plain_http11_requests_are_relayed_by_the_same_rules_on_one_connection() {
+    let web = Web::new();
+    web.grant_web();
+    let auth = bearer(&web.w.alice);
+    let resolve = format!("app.localhost:{}:127.0.0.1", web.https_port);
+    let url = |path: &str| web.url("app.localhost", path);
+    let file = web.w.gateway.path("put.bin");
+    std::fs::write(&file, vec![7u8; 70_001]).expect("write");
+    let upload = format!("@{}", file.display());
+    let (headers, chunked, big, redirect, cookies, head, dropped, after, until_close, put) = (
+        url("/headers"),
+        url("/chunked?n=300001"),
+        url("/big?n=1000000"),
+        url("/redirect"),
+        url("/cookies"),
+        url("/big?n=5"),
+        url("/drop"),
+        url("/headers?after=drop"),
+        url("/until-close"),
+        url("/upload"),
+    );
+    // One curl, one connection: each transfer prints its status, its size and
+    // how many new connections it made.
+    let w = "%{http_code} %{size_download} %{num_connects}\\n";
+    let each = |u: &str| -> Vec<String> {
+        vec![
+            "-H".into(),
+            auth.clone(),
+            "-H".into(),
+            "X-Forwarded-User: admin".into(),
+            "-H".into(),
+            "Cookie: theme=dark; drawbridge_session=stolen".into(),
+            "-w".into(),
+            w.into(),
+            "-o".into(),
+            "/dev/null".into(),
+            u.into(),
+        ]
+    };
+    let cacert = web
+        .w
+        .gateway
+        .path("data/keys/tls.crt")
+        .display()
+        .to_string();
+    // `--next` forgets every option, the CA and the name included.
+    let next = || -> Vec<String> {
+        [
+            "--next",
+            "--http1.1",
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut args: Vec<String> = vec!["--http1.1".into(), "--resolve".into(), resolve.clone()];
+    for u in [
+        &headers, &chunked, &big, &redirect, &cookies, &dropped, &after,
+    ] {
+        args.extend(each(u));
+    }
+    args.extend(next());
+    args.extend([
+        "-I".into(),
+        "-H".into(),
+        auth.clone(),
+        "-w".into(),
+        w.into(),
+        head.clone(),
+    ]);
+    args.extend(next());
+    args.extend(each(&until_close));
+    args.extend(next());
+    args.extend(each(&headers));
+    args.extend(next());
+    args.extend([
+        "-X".into(),
+        "PUT".into(),
+        "--data-binary".into(),
+        upload,
+        "-H".into(),
+        auth.clone(),
+        "-w".into(),
+        w.into(),
+        "-o".into(),
+        "/dev/null".into(),
+        put,
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = web.curl(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let transfers: Vec<(&str, &str, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split(' ');
+            let status = words
+                .next()
+                .filter(|w| w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()))?;
+            Some((status, words.next()?, words.next()?))
+        })
+        .collect();
+    let statuses: Vec<&str> = transfers.iter().map(|t| t.0).collect();
+    assert_eq!(
+        statuses,
+        [
+            "200", "200", "200", "302", "200", "200", "200", "200", "200", "200", "200"
+        ],
+        "{out}"
+    );
+    let sizes: Vec<&str> = transfers.iter().map(|t| t.1).collect();
+    assert_eq!(&sizes[1..3], ["300001", "1000000"], "{out}");
+    assert_eq!(&sizes[5..6], ["17"], "{out}");
+    assert_eq!(&sizes[7..9], ["0", "5000"], "{out}");
+    // One connection throughout, but for the one after the app's close-delimited
+    // body, which closes the client's connection too.
+    let connects: Vec<&str> = transfers.iter().map(|t| t.2).collect();
+    assert_eq!(
+        connects,
+        ["1", "0", "0", "0", "0", "0", "0", "0", "0", "1", "0"],
+        "{out}"
+    );
+}

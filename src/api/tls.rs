@@ -7,6 +7,7 @@ use std::convert::Infallible;
 
 use axum::Router;
 use axum::body::Body;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
-use crate::proxy::http::{Forwarding, HttpFront};
+use crate::proxy::http::{Forwarding, HttpFront, Rewound, Served};
 use crate::proxy::relay_runtimes::relay_runtimes;
 
 /// The HTTPS listener's TLS: certificates minted per server name by the
@@ -101,11 +102,24 @@ pub async fn serve_tls(
                 }
             };
             let client = Arc::new(Forwarding::new(peer));
-            let service = service_fn(move |req| front.clone().dispatch(req, client.clone()));
             // ALPN already chose the protocol (HTTP/2 over TLS requires it), so
             // the connection is not sniffed for a preface.
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(tls);
+            let mut tls = tls;
+            let read_ahead = if h2 {
+                Bytes::new()
+            } else {
+                match front
+                    .apps
+                    .relay_http1(&mut tls, &client, header_timeout)
+                    .await
+                {
+                    Served::Closed => return,
+                    Served::HandOff(read) => read,
+                }
+            };
+            let service = service_fn(move |req| front.clone().dispatch(req, client.clone()));
+            let io = TokioIo::new(Rewound::new(read_ahead, tls));
             let served = if h2 {
                 http2::Builder::new(TokioExecutor::new())
                     .serve_connection(io, service)

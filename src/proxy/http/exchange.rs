@@ -67,11 +67,12 @@ impl Exchange {
         handle: SessionHandle,
         request_line: String,
         capture: Option<BodyCapture>,
+        started: Instant,
     ) -> Arc<Exchange> {
         Arc::new(Exchange {
             handle,
             request_line,
-            started: Instant::now(),
+            started,
             capture,
             outcome: OnceLock::new(),
             bytes_in: AtomicU64::new(0),
@@ -91,6 +92,11 @@ impl Exchange {
         self.delivered.store(true, Ordering::Relaxed);
     }
 
+    /// Counts `len` body bytes; the count before them.
+    pub fn count(&self, direction: Direction, len: u64) -> u64 {
+        self.counter(direction).fetch_add(len, Ordering::Relaxed)
+    }
+
     fn counter(&self, direction: Direction) -> &AtomicU64 {
         match direction {
             Direction::In => &self.bytes_in,
@@ -102,7 +108,7 @@ impl Exchange {
     /// notes the body as truncated when it first crosses the limit.
     fn passed(&self, direction: Direction, data: &bytes::Bytes) {
         let len = data.len() as u64;
-        let before = self.counter(direction).fetch_add(len, Ordering::Relaxed);
+        let before = self.count(direction, len);
         let Some(capture) = self.capture else { return };
         if before >= capture.limit {
             return;

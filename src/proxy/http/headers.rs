@@ -23,6 +23,11 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Whether `name` (any case) is one of the fixed hop-by-hop headers.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// Headers through which an upstream might accept an identity. Warpgate had a CVE
 /// for passing these through; we drop every one of them before injecting ours.
 fn claims_identity(name: &str) -> bool {
@@ -190,7 +195,7 @@ pub fn scope_set_cookies(headers: &mut HeaderMap) {
 /// One `Set-Cookie` value without its `Domain` attributes, or `None` for the
 /// gateway's own cookie name. Works on bytes: cookie values may hold bytes that
 /// are not text.
-fn scoped_cookie(value: &HeaderValue) -> Option<HeaderValue> {
+pub fn scoped_cookie(value: &HeaderValue) -> Option<HeaderValue> {
     let mut parts = value.as_bytes().split(|&b| b == b';');
     let pair = parts.next().unwrap_or_default();
     let name = pair.split(|&b| b == b'=').next().unwrap_or_default();

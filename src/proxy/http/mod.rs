@@ -9,6 +9,8 @@
 //!   templates, a vaulted static credential).
 //! - `upstream`: the [`Upstream`](crate::session::Upstream) impl and forwarding,
 //!   websockets included; `tls`: plain or verified TLS connections to targets.
+//! - `relay`: the HTTP/1.1 fast path for bodiless `GET`/`HEAD` requests, served
+//!   without hyper; everything else goes through hyper and `upstream`.
 //! - `exchange`: byte counts, optional bodies and the note each request records.
 //! - `sessions`: the per-user-and-target session cache; `tokens`: tokens
 //!   verified within the last second.
@@ -17,6 +19,7 @@ mod exchange;
 mod handoff;
 mod headers;
 pub mod inject;
+mod relay;
 mod sessions;
 pub mod tls;
 mod tokens;
@@ -24,6 +27,7 @@ mod upstream;
 
 pub use handoff::{CALLBACK_PATH, Handoff};
 pub use headers::{Forwarding, SESSION_COOKIE, session_cookie};
+pub use relay::{Rewound, Served};
 pub use upstream::HttpUpstream;
 
 use std::sync::Arc;
@@ -86,6 +90,20 @@ impl HttpFront {
             "https://{}:{}/login?{query}",
             self.apps_domain, self.public_port
         )
+    }
+
+    /// Relays an HTTP/1.1 connection's plain app requests (see `relay`) until
+    /// one is not for it; hyper serves the rest of the connection.
+    pub async fn relay_http1<S>(
+        &self,
+        client: &mut S,
+        forwarding: &Forwarding,
+        header_timeout: std::time::Duration,
+    ) -> Served
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        relay::serve(self, client, forwarding, header_timeout).await
     }
 
     /// Handles one request for `target`.

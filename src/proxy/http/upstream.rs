@@ -5,7 +5,7 @@
 //! session ends.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -19,13 +19,17 @@ use super::exchange::{self, BodyCapture, Counted, Direction, Exchange};
 use super::headers::{self, Forwarding};
 use super::inject::Injection;
 use super::json_error;
+use super::relay::IdleConnections;
 use super::sessions::HttpSession;
 use super::tls::{self, UpstreamConnector};
-use crate::credentials::{Credential, HttpCredential};
+use crate::credentials::{Credential, CredentialError, HttpCredential};
 use crate::proxy::relay_runtimes::{self, relay_runtimes};
 use crate::session::{Upstream, UpstreamError};
 use crate::store::Target;
 use crate::time;
+
+/// How long an idle upstream connection is kept for the next request.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Header carrying the signed assertion to the upstream.
 pub const ASSERTION_HEADER: &str = "x-drawbridge-assertion";
@@ -101,8 +105,9 @@ pub struct HttpConnection {
     /// `host:port` of the app, its `Host` header.
     host: HeaderValue,
     /// `http://host:port` or `https://host:port`, for rewriting redirects.
-    origin: String,
-    /// The parts of `origin` every upstream request's URI starts with.
+    pub(super) origin: String,
+    /// The parts of `origin` every upstream request's URI starts with (the
+    /// pooled client's requests).
     scheme: Scheme,
     authority: Authority,
     /// The session's own pools, one per relay runtime (`relay_runtimes::current`):
@@ -110,11 +115,16 @@ pub struct HttpConnection {
     /// request only ever takes connections of its own thread. Its connections
     /// carry this target's TLS settings.
     clients: Vec<Client<UpstreamConnector, Body>>,
-    response_timeout: Duration,
+    /// Connections of the HTTP/1.1 relay (`relay`), which serves plain requests
+    /// without the pooled client: how to open them, and the idle ones.
+    pub(super) connector: UpstreamConnector,
+    pub(super) origin_uri: Uri,
+    pub(super) idle: IdleConnections,
+    pub(super) response_timeout: Duration,
     credential: HttpCredential,
     injection: Injection,
     /// Bytes of each body to record, when body recording is on.
-    record_bodies: Option<u64>,
+    pub(super) record_bodies: Option<u64>,
     target: String,
 }
 
@@ -163,10 +173,13 @@ impl Upstream for HttpUpstream {
             clients: (0..relay_runtimes().count())
                 .map(|_| {
                     Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(60))
+                        .pool_idle_timeout(IDLE_TIMEOUT)
                         .build(connector.clone())
                 })
                 .collect(),
+            connector,
+            origin_uri,
+            idle: IdleConnections::new(relay_runtimes().count()),
             response_timeout: self.response_timeout,
             credential: *credential,
             injection,
@@ -177,6 +190,15 @@ impl Upstream for HttpUpstream {
 }
 
 impl HttpConnection {
+    /// The signed assertion for the next request, when the target takes one
+    /// (reused for its lifetime, see `HttpCredential::assertion`).
+    pub(super) fn assertion(&self) -> Result<Option<HeaderValue>, CredentialError> {
+        if !self.injection.assertion() {
+            return Ok(None);
+        }
+        self.credential.assertion(time::now()).map(Some)
+    }
+
     /// The pool of the relay runtime this request runs on.
     fn client(&self) -> &Client<UpstreamConnector, Body> {
         let i = relay_runtimes::current().unwrap_or(0);
@@ -192,15 +214,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// `GET /path?query` for the recording, sensitive query parameters masked.
-fn request_line(req: &Request<Incoming>) -> String {
-    match req.uri().query() {
-        Some(query) => format!(
-            "{} {}?{}",
-            req.method(),
-            req.uri().path(),
-            headers::mask_query(query)
-        ),
-        None => format!("{} {}", req.method(), req.uri().path()),
+pub(super) fn request_line(method: &str, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => format!("{method} {path}?{}", headers::mask_query(query)),
+        None => format!("{method} {path}"),
     }
 }
 
@@ -224,7 +241,8 @@ pub async fn forward(
         channel: session.next_channel(),
         limit,
     });
-    let exchange = Exchange::new(session.handle.clone(), request_line(&req), capture);
+    let line = request_line(req.method().as_str(), req.uri().path(), req.uri().query());
+    let exchange = Exchange::new(session.handle.clone(), line, capture, Instant::now());
     let Some(original_host) = host_value(&req) else {
         return answer(
             &exchange,
@@ -233,13 +251,9 @@ pub async fn forward(
         );
     };
 
-    let assertion = if conn.injection.assertion() {
-        match conn.credential.assertion(time::now()) {
-            Ok(a) => Some(a),
-            Err(e) => return answer(&exchange, StatusCode::FORBIDDEN, &e.to_string()),
-        }
-    } else {
-        None
+    let assertion = match conn.assertion() {
+        Ok(a) => a,
+        Err(e) => return answer(&exchange, StatusCode::FORBIDDEN, &e.to_string()),
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(conn, std::mem::take(&mut parts.uri)) {
@@ -249,10 +263,12 @@ pub async fn forward(
     // Upstreams are spoken to in HTTP/1.1 whatever the client used (HTTP/2
     // downstream is common); the pooled client sets the framing.
     parts.version = hyper::Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::strip_client_credentials(&mut parts.headers, consumed_bearer);
-    forwarding.apply(&mut parts.headers, &original_host);
-    inject(&mut parts.headers, conn, assertion);
+    let caller = Caller {
+        consumed_bearer,
+        forwarding,
+        host: &original_host,
+    };
+    rewrite_request_headers(&mut parts.headers, conn, &caller, assertion, upgrade);
     let body = Counted::new(body, exchange.clone(), Direction::In);
     let upstream_req = Request::from_parts(parts, Body::new(body));
 
@@ -308,9 +324,28 @@ fn upstream_uri(conn: &HttpConnection, client_uri: Uri) -> Result<Uri, hyper::ht
         .build()
 }
 
-/// The caller's identity for the app: the assertion, the app's own `Host` and
-/// the target's injected headers.
-fn inject(headers: &mut hyper::HeaderMap, conn: &HttpConnection, assertion: Option<HeaderValue>) {
+/// Who sent a request and how, as its forwarded headers tell the app.
+pub(super) struct Caller<'a> {
+    /// The bearer token was the gateway's, so `Authorization` goes.
+    pub consumed_bearer: bool,
+    pub forwarding: &'a Forwarding,
+    /// The host the client asked for.
+    pub host: &'a HeaderValue,
+}
+
+/// A request's headers as the app gets them: hop-by-hop headers, identity
+/// claims and the gateway's own credentials removed; the forwarding headers,
+/// the assertion, the app's own `Host` and the target's injected headers set.
+pub(super) fn rewrite_request_headers(
+    headers: &mut hyper::HeaderMap,
+    conn: &HttpConnection,
+    caller: &Caller<'_>,
+    assertion: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    headers::strip_hop_by_hop(headers, upgrade);
+    headers::strip_client_credentials(headers, caller.consumed_bearer);
+    caller.forwarding.apply(headers, caller.host);
     if let Some(assertion) = assertion {
         headers.insert(ASSERTION_HEADER, assertion);
     }
@@ -332,12 +367,22 @@ fn rewrite_location(headers: &mut hyper::HeaderMap, origin: &str, public_host: &
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
-    if let Some(rest) = location.strip_prefix(origin)
-        && let Ok(public_host) = public_host.to_str()
-        && let Ok(v) = HeaderValue::from_str(&format!("https://{public_host}{rest}"))
+    if let Some(public) = public_location(location, origin, public_host)
+        && let Ok(v) = HeaderValue::from_str(&public)
     {
         headers.insert(header::LOCATION, v);
     }
+}
+
+/// `location` on the gateway's name when it points at the app's own `origin`.
+pub(super) fn public_location(
+    location: &str,
+    origin: &str,
+    public_host: &HeaderValue,
+) -> Option<String> {
+    let rest = location.strip_prefix(origin)?;
+    let public_host = public_host.to_str().ok()?;
+    Some(format!("https://{public_host}{rest}"))
 }
 
 /// Counts a websocket as closed however its task ends.
