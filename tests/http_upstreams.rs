@@ -527,4 +527,43 @@ fn plain_http11_requests_are_relayed_by_the_same_rules_on_one_connection() {
         ["1", "0", "0", "0", "0", "0", "0", "0", "0", "1", "0"],
         "{out}"
     );
+
+    // The relay applies the same header rules as hyper's path, both ways.
+    let http11 = |path: &str, extra: &[&str]| {
+        let mut args = vec!["--http1.1", "-H", "X-Forwarded-User: admin", "-H"];
+        args.extend(["Cookie: theme=dark; drawbridge_session=stolen"]);
+        args.extend(extra);
+        web.alice_get("app", path, &args)
+    };
+    let seen = json(&http11("/headers", &[]));
+    assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert_eq!(seen["cookie"], "theme=dark", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+    assert!(seen["x-drawbridge-assertion"].is_string(), "{seen}");
+    let head = stdout(&http11("/redirect", &["-D", "-", "-o", "/dev/null"]));
+    let location = format!("location: https://app.localhost:{}/headers", web.https_port);
+    assert!(head.to_ascii_lowercase().contains(&location), "{head}");
+    let head = stdout(&http11("/cookies", &["-D", "-", "-o", "/dev/null"]));
+    assert!(!head.to_ascii_lowercase().contains("domain="), "{head}");
+    assert!(!head.contains("drawbridge_session"), "{head}");
+    assert!(head.contains("app_sid=s1"), "{head}");
+
+    // And records each request the same way.
+    let notes = eventually(
+        || web.notes("app"),
+        |n| n.iter().any(|t| t.contains("GET /cookies")),
+    );
+    for expected in [
+        "http GET /chunked?n=300001 -> 200 (in 0 B, out 300001 B,",
+        "http GET /big?n=1000000 -> 200 (in 0 B, out 1000000 B,",
+        "http HEAD /big?n=5 -> 200 (in 0 B, out 0 B,",
+        "http GET /until-close -> 200 (in 0 B, out 5000 B,",
+        "http PUT /upload -> 200 (in 70001 B,",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.starts_with(expected)),
+            "{expected}: {notes:#?}"
+        );
+    }
 }
