@@ -567,3 +567,49 @@ fn plain_http11_requests_are_relayed_by_the_same_rules_on_one_connection() {
         );
     }
 }
+
+/// A kept-alive HTTP/1.1 connection whose grant is revoked between two
+/// requests: the second one is refused on the same connection.
+#[test]
+fn a_revoke_refuses_the_next_request_on_a_kept_alive_http11_connection() {
+    const CLIENT: &str = r#"
+import os, socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="app.localhost")
+f = s.makefile("rb")
+for _ in range(2):
+    s.sendall(f"GET /headers HTTP/1.1\r\nHost: app.localhost:{port}\r\nAuthorization: Bearer {os.environ['TOKEN']}\r\n\r\n".encode())
+    status, length = f.readline().split()[1].decode(), 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        length = int(value) if name.lower() == "content-length" else length
+    body = f.read(length).decode()
+    print(status, "revoked" if "was revoked" in body else "", flush=True)
+    sys.stdin.readline()
+"#;
+    let web = Web::new();
+    let grant = web.grant_web();
+    let mut client = std::process::Command::new("python3")
+        .args(["-c", CLIENT, &web.https_port.to_string()])
+        .arg(web.w.gateway.path("data/keys/tls.crt"))
+        .env("TOKEN", token(&web.w.alice))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut input = client.stdin.take().expect("stdin");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        client.stdout.take().expect("stdout"),
+    ));
+    let mut next = || lines.next().expect("a line").expect("text");
+    assert_eq!(next().trim(), "200");
+    let revoke = web.w.bob.cli(&["revoke", &grant.to_string()]);
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::io::Write::write_all(&mut input, b"\n").expect("go on");
+    assert_eq!(next().trim(), "403 revoked");
+    drop(input);
+    let _ = client.wait();
+}
