@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,9 @@ use super::exchange::{Direction, Exchange};
 use super::headers::{self, Forwarding};
 use super::sessions::HttpSession;
 use super::tls::UpstreamStream;
-use super::tokens;
 use super::upstream::{self, Caller, HttpConnection, IDLE_TIMEOUT};
 use super::{CALLBACK_PATH, HttpFront};
 use crate::proxy::relay_runtimes;
-use crate::store::UserId;
 
 /// The most a request or response head may take; a longer one goes to hyper,
 /// which refuses it.
@@ -101,24 +99,13 @@ where
     }
 }
 
-/// Buffers and findings kept across a connection's requests.
+/// Buffers kept across a connection's requests.
 #[derive(Default)]
 struct Scratch {
     /// The upstream request, then the response head on its way to the client.
     out: Vec<u8>,
     /// What was read from the upstream.
     upstream: BytesMut,
-    /// The previous request's caller: most connections carry one caller's
-    /// requests to one app, so its token's key and session are looked up once.
-    caller: Option<KnownCaller>,
-}
-
-struct KnownCaller {
-    token: String,
-    key: tokens::Digest,
-    user: UserId,
-    target: String,
-    session: Arc<HttpSession>,
 }
 
 /// The length of the head at the start of `buf` (through its empty line).
@@ -197,7 +184,7 @@ where
     let Some(mut request) = parse_request(head) else {
         return Relayed::NotMine;
     };
-    let Some(session) = live_session(front, &request, &mut scratch.caller).await else {
+    let Some(session) = live_session(front, &request).await else {
         return Relayed::NotMine;
     };
     let conn = &session.connection;
@@ -254,14 +241,11 @@ where
 
 /// The caller's live session for the app the request names; `None` when there
 /// is none to use (no token, an unknown one, no grant): hyper's path then
-/// answers with the login redirect, the 401 or the refusal. The token is
-/// verified on every request as on hyper's path; only its key and the session
-/// of the connection's previous request are reused, the session while it is live.
+/// answers with the login redirect, the 401 or the refusal.
 async fn live_session(
     front: &HttpFront,
     request: &Request<'_>,
-    known: &mut Option<KnownCaller>,
-) -> Option<Arc<HttpSession>> {
+) -> Option<std::sync::Arc<HttpSession>> {
     let host = request.headers.get(header::HOST)?.to_str().ok()?;
     let target = front.target_of(host)?;
     let path = request.target.split('?').next().unwrap_or_default();
@@ -270,34 +254,12 @@ async fn live_session(
     }
     let token =
         headers::bearer(&request.headers).or_else(|| headers::session_cookie(&request.headers))?;
-    let key = match known {
-        Some(k) if k.token == token => k.key,
-        _ => tokens::digest(token),
-    };
-    let store = front.store.as_ref();
-    let identity = front.tokens.identify_keyed(store, token, key).await?;
-    let user = identity.user().id;
-    if let Some(k) = known
-        && k.key == key
-        && k.user == user
-        && k.target == target
-        && !k.session.handle.is_ended()
-    {
-        return Some(k.session.clone());
-    }
-    let session = front
+    let identity = front.tokens.identify(front.store.as_ref(), token).await?;
+    front
         .sessions
         .get_or_open(&identity, target, &front.upstream)
         .await
-        .ok()?;
-    *known = Some(KnownCaller {
-        token: token.to_string(),
-        key,
-        user,
-        target: target.to_string(),
-        session: session.clone(),
-    });
-    Some(session)
+        .ok()
 }
 
 fn write_request(request: &Request<'_>, out: &mut Vec<u8>) {

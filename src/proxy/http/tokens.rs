@@ -25,8 +25,7 @@ const REFRESH_AFTER: Duration = Duration::from_millis(500);
 /// Past this many entries, expired ones are dropped on the next insert.
 const PRUNE_ABOVE: usize = 4096;
 
-/// What a token is remembered by: its SHA-256.
-pub type Digest = [u8; 32];
+type Digest = [u8; 32];
 
 struct Verified {
     identity: Arc<Identity>,
@@ -45,17 +44,7 @@ impl RecentTokens {
     /// [`TTL`], else from the store; `None` for an unknown, expired or revoked
     /// token or a disabled user.
     pub async fn identify(&self, store: &dyn Store, token: &str) -> Option<Arc<Identity>> {
-        self.identify_keyed(store, token, digest(token)).await
-    }
-
-    /// [`identify`](Self::identify) for a caller that kept the token's key
-    /// ([`key`]) from an earlier request.
-    pub async fn identify_keyed(
-        &self,
-        store: &dyn Store,
-        token: &str,
-        key: Digest,
-    ) -> Option<Arc<Identity>> {
+        let key = digest(token);
         let now = Instant::now();
         if let Some(identity) = self.recent(&key, now) {
             return Some(identity);
@@ -106,7 +95,7 @@ impl RecentTokens {
     }
 }
 
-pub fn digest(token: &str) -> Digest {
+fn digest(token: &str) -> Digest {
     let mut key = [0u8; 32];
     key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
     key
