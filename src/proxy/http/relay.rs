@@ -76,8 +76,9 @@ where
         deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + header_timeout);
+        let mut searched = 0;
         let head_len = loop {
-            match head_length(&buf) {
+            match head_length(&buf, &mut searched) {
                 Some(len) => break len,
                 None if buf.len() >= MAX_HEAD => return Served::HandOff(buf.freeze()),
                 None => {}
@@ -109,8 +110,17 @@ struct Scratch {
 }
 
 /// The length of the head at the start of `buf` (through its empty line).
-fn head_length(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// `searched` is how far earlier calls for the same head looked, so a head that
+/// trickles in a byte at a time is not searched again from its start each time.
+fn head_length(buf: &[u8], searched: &mut usize) -> Option<usize> {
+    let from = searched.saturating_sub(3);
+    match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+        Some(at) => Some(from + at + 4),
+        None => {
+            *searched = buf.len();
+            None
+        }
+    }
 }
 
 /// A request the relay can take.
@@ -309,9 +319,10 @@ async fn send_and_read_head(
     upstream.write_all(&scratch.out).await?;
     upstream.flush().await?;
     scratch.upstream.clear();
+    let mut searched = 0;
     loop {
         scratch.upstream.reserve(READ_ROOM);
-        if let Some(len) = head_length(&scratch.upstream) {
+        if let Some(len) = head_length(&scratch.upstream, &mut searched) {
             return Ok(len);
         }
         if scratch.upstream.len() >= MAX_HEAD {

@@ -142,3 +142,21 @@ async fn a_rewound_connection_reads_what_was_read_ahead_first() {
     rewound.read_to_string(&mut all).await.expect("read");
     assert_eq!(all, "hello world");
 }
+
+#[test]
+fn a_head_is_found_however_it_trickles_in_and_searched_once() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nNEXT";
+    let end = head.len() - 4;
+    for step in 1..head.len() {
+        let mut searched = 0;
+        let found = (step..=head.len())
+            .step_by(step)
+            .chain([head.len()])
+            .find_map(|upto| head_length(&head[..upto], &mut searched));
+        assert_eq!(found, Some(end), "step {step}");
+        assert!(searched <= end, "step {step}: searched {searched}");
+    }
+    let mut searched = 0;
+    assert_eq!(head_length(b"GET / HTTP/1.1\r\n", &mut searched), None);
+    assert_eq!(searched, 16);
+}
