@@ -159,6 +159,10 @@ fn parse_request(head: &[u8]) -> Option<Request<'_>> {
         {
             return None;
         }
+        // Two hosts would leave routing and the app disagreeing: hyper refuses it.
+        if name == header::HOST && headers.contains_key(header::HOST) {
+            return None;
+        }
         if name == header::CONNECTION {
             close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
@@ -220,9 +224,13 @@ where
     };
     let head_request = request.method == "HEAD";
     let response_head = &scratch.upstream[..head_len];
-    let Some(response) =
-        rewrite_response(response_head, head_request, conn, &host, &mut scratch.out)
-    else {
+    let Some(response) = rewrite_response(
+        response_head,
+        head_request,
+        &conn.origin,
+        &host,
+        &mut scratch.out,
+    ) else {
         return Relayed::NotMine;
     };
     scratch.upstream.advance(head_len);
@@ -352,14 +360,14 @@ struct ResponseHead {
     reusable: bool,
 }
 
-/// Parses the app's response head and writes the client's into `out`: status
+/// Parses the app's response head (from `origin`) and writes the client's into `out`: status
 /// line, hop-by-hop headers dropped, redirects to the app's own address turned
 /// to the gateway's, cookies scoped to the app's public host. `None` for an
 /// informational (1xx) or malformed response.
 fn rewrite_response(
     head: &[u8],
     head_request: bool,
-    conn: &HttpConnection,
+    origin: &str,
     public_host: &HeaderValue,
     out: &mut Vec<u8>,
 ) -> Option<ResponseHead> {
@@ -401,13 +409,19 @@ fn rewrite_response(
         let named_by_connection = connection
             .iter()
             .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()));
-        if (headers::is_hop_by_hop(h.name) && !chunked_framing) || named_by_connection {
+        // With chunked framing a length is wrong (RFC 9112 §6.3), so it goes.
+        let stale_length =
+            framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length");
+        if (headers::is_hop_by_hop(h.name) && !chunked_framing)
+            || named_by_connection
+            || stale_length
+        {
             continue;
         }
         let value = if h.name.eq_ignore_ascii_case("location") {
             let location = std::str::from_utf8(h.value).ok();
             location
-                .and_then(|l| upstream::public_location(l, &conn.origin, public_host))
+                .and_then(|l| upstream::public_location(l, origin, public_host))
                 .map_or_else(|| h.value.to_vec(), String::into_bytes)
         } else if h.name.eq_ignore_ascii_case("set-cookie") {
             let cookie = HeaderValue::from_bytes(h.value).ok()?;

@@ -66,6 +66,7 @@ fn only_bodiless_get_and_head_in_http11_are_taken() {
         b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
         b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nBad Header: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     ] {
         assert!(
             parse_request(not_ours).is_none(),
@@ -159,4 +160,43 @@ fn a_head_is_found_however_it_trickles_in_and_searched_once() {
     let mut searched = 0;
     assert_eq!(head_length(b"GET / HTTP/1.1\r\n", &mut searched), None);
     assert_eq!(searched, 16);
+}
+
+#[test]
+fn a_response_head_is_rewritten_by_the_same_rules_as_on_hypers_path() {
+    let head = b"HTTP/1.1 302 Found\r\n\
+        Connection: keep-alive, X-Hop\r\n\
+        X-Hop: 1\r\n\
+        Keep-Alive: timeout=5\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Content-Length: 10\r\n\
+        Location: http://10.0.0.5:8080/next?a=b\r\n\
+        Set-Cookie: sid=1; Domain=10.0.0.5; Path=/\r\n\
+        Set-Cookie: drawbridge_session=evil\r\n\
+        X-App: kept\r\n\r\n";
+    let host = HeaderValue::from_static("app.localhost:8443");
+    let mut out = Vec::new();
+    let response =
+        rewrite_response(head, false, "http://10.0.0.5:8080", &host, &mut out).expect("rewritten");
+    assert_eq!(
+        (response.status, response.framing, response.reusable),
+        (302, Framing::Chunked, true)
+    );
+    assert_eq!(
+        String::from_utf8(out).expect("text"),
+        "HTTP/1.1 302 Found\r\n\
+         Transfer-Encoding: chunked\r\n\
+         Location: https://app.localhost:8443/next?a=b\r\n\
+         Set-Cookie: sid=1; Path=/\r\n\
+         X-App: kept\r\n"
+    );
+    let mut out = Vec::new();
+    let informational = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n";
+    assert!(rewrite_response(informational, false, "http://a", &host, &mut out).is_none());
+    let closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n";
+    let response = rewrite_response(closing, false, "http://a", &host, &mut out).expect("ok");
+    assert!(!response.reusable);
+    let http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n";
+    let response = rewrite_response(http10, false, "http://a", &host, &mut out).expect("ok");
+    assert!(!response.reusable);
 }
