@@ -35,6 +35,8 @@ use crate::proxy::relay_runtimes;
 /// which refuses it.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
+/// Idle connections kept per app and relay runtime (nginx's `keepalive 64`).
+const MAX_IDLE: usize = 64;
 /// Room made before each read, so a read is never a sliver of what is waiting.
 const READ_ROOM: usize = 16 * 1024;
 
@@ -704,9 +706,13 @@ impl IdleConnections {
         list.pop().map(|(stream, _)| stream)
     }
 
+    /// Keeps `stream` for a later request, unless [`MAX_IDLE`] are kept
+    /// already (a burst of clients must not leave as many idle connections).
     fn put(&self, stream: UpstreamStream) {
         let mut list = self.list().lock().unwrap_or_else(|p| p.into_inner());
-        list.push((stream, Instant::now()));
+        if list.len() < MAX_IDLE {
+            list.push((stream, Instant::now()));
+        }
     }
 }
 

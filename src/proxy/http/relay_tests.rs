@@ -200,3 +200,35 @@ fn a_response_head_is_rewritten_by_the_same_rules_as_on_hypers_path() {
     let response = rewrite_response(http10, false, "http://a", &host, &mut out).expect("ok");
     assert!(!response.reusable);
 }
+
+#[tokio::test]
+async fn idle_connections_are_kept_up_to_the_cap_and_handed_out_newest_first() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let idle = IdleConnections::new(1);
+    let mut ports = Vec::new();
+    for _ in 0..MAX_IDLE + 6 {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        ports.push(stream.local_addr().expect("port").port());
+        idle.put(UpstreamStream::Plain(stream));
+    }
+    let port_of = |s: &UpstreamStream| match s {
+        UpstreamStream::Plain(tcp) => tcp.local_addr().expect("port").port(),
+        UpstreamStream::Tls(_) => unreachable!("plain only here"),
+    };
+    let newest = idle.take().expect("one");
+    assert_eq!(
+        port_of(&newest),
+        ports[MAX_IDLE - 1],
+        "the extras were not kept"
+    );
+    let mut left = 1;
+    while idle.take().is_some() {
+        left += 1;
+    }
+    assert_eq!(left, MAX_IDLE);
+}
