@@ -12,6 +12,7 @@
 //! request this relay does not take, the connection is handed over with what has
 //! been read of it and stays with hyper from then on.
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -402,7 +403,14 @@ fn rewrite_response(
     let framing = framing(status, head_request, &parsed)?;
 
     out.clear();
-    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(parsed.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in parsed.headers.iter() {
@@ -420,19 +428,20 @@ fn rewrite_response(
         {
             continue;
         }
-        let value = if h.name.eq_ignore_ascii_case("location") {
+        // Most values pass as they are; only these two are rewritten.
+        let value: Cow<'_, [u8]> = if h.name.eq_ignore_ascii_case("location") {
             let location = std::str::from_utf8(h.value).ok();
             location
                 .and_then(|l| upstream::public_location(l, origin, public_host))
-                .map_or_else(|| h.value.to_vec(), String::into_bytes)
+                .map_or(Cow::Borrowed(h.value), |l| Cow::Owned(l.into_bytes()))
         } else if h.name.eq_ignore_ascii_case("set-cookie") {
             let cookie = HeaderValue::from_bytes(h.value).ok()?;
             match headers::scoped_cookie(&cookie) {
-                Some(scoped) => scoped.as_bytes().to_vec(),
+                Some(scoped) => Cow::Owned(scoped.as_bytes().to_vec()),
                 None => continue,
             }
         } else {
-            h.value.to_vec()
+            Cow::Borrowed(h.value)
         };
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
