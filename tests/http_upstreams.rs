@@ -55,6 +55,30 @@ fn https_apps_are_verified_against_their_ca_and_an_unknown_issuer_is_a_clear_502
     let seen = json(&o);
     assert_eq!(seen["x-forwarded-user"], "alice", "{seen}");
     assert_eq!(seen["host"], format!("127.0.0.1:{}", upstream.port));
+    // The same over HTTP/1.1, which the gateway's own relay carries over its
+    // own TLS connections to the app, kept alive across requests.
+    let handed_before = web.w.gateway.log().matches(HANDED_TO_HYPER).count();
+    let o = web.alice_get(
+        "secure",
+        "/headers",
+        &[
+            "--http1.1",
+            "-w",
+            "\n%{num_connects}",
+            &web.url("secure.localhost", "/big?n=70000"),
+            "-o",
+            "/dev/null",
+        ],
+    );
+    let out = stdout(&o);
+    let (body, connects) = out.rsplit_once('\n').expect("two transfers");
+    assert!(body.contains("\"x-forwarded-user\": \"alice\""), "{out}");
+    assert_eq!(
+        connects, "0",
+        "the second request reuses the connection: {out}"
+    );
+    let handed = web.w.gateway.log().matches(HANDED_TO_HYPER).count();
+    assert_eq!(handed, handed_before, "the relay served both");
 
     // The app's certificate does not chain to the configured CA: refused at
     // session start, with the reason.
@@ -398,6 +422,10 @@ fn bodies_are_recorded_when_asked_up_to_the_cap_and_marked_truncated() {
     assert_eq!(data("input", &channel(tiny)), "tiny");
 }
 
+/// What the gateway logs (at debug) when its HTTP/1.1 relay hands a connection
+/// to hyper.
+const HANDED_TO_HYPER: &str = "http/1.1 connection handed to hyper";
+
 /// Bodiless `GET`/`HEAD` over HTTP/1.1 take the gateway's own relay rather than
 /// hyper; this drives every kind of response through it on one kept-alive
 /// connection, then a `PUT` that hands the connection over to hyper.
@@ -493,6 +521,9 @@ fn plain_http11_requests_are_relayed_by_the_same_rules_on_one_connection() {
         "/dev/null".into(),
         put,
     ]);
+    // Setup (logins, the grant) went through the API on the bare host,
+    // which hyper serves: those connections were handed over too.
+    let handed_before = web.w.gateway.log().matches(HANDED_TO_HYPER).count();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = web.curl(&args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -527,6 +558,8 @@ fn plain_http11_requests_are_relayed_by_the_same_rules_on_one_connection() {
         ["1", "0", "0", "0", "0", "0", "0", "0", "0", "1", "0"],
         "{out}"
     );
+    let handed = web.w.gateway.log().matches(HANDED_TO_HYPER).count();
+    assert_eq!(handed - handed_before, 1, "only the PUT went to hyper");
 
     // The relay applies the same header rules as hyper's path, both ways.
     let http11 = |path: &str, extra: &[&str]| {

@@ -83,7 +83,7 @@ where
         let head_len = loop {
             match head_length(&buf, &mut searched) {
                 Some(len) => break len,
-                None if buf.len() >= MAX_HEAD => return Served::HandOff(buf.freeze()),
+                None if buf.len() >= MAX_HEAD => return hand_off(buf),
                 None => {}
             }
             buf.reserve(READ_ROOM);
@@ -98,9 +98,15 @@ where
         match relay_one(front, client, &buf[..head_len], forwarding, &mut scratch).await {
             Relayed::KeepAlive => buf.advance(head_len),
             Relayed::Close => return Served::Closed,
-            Relayed::NotMine => return Served::HandOff(buf.freeze()),
+            Relayed::NotMine => return hand_off(buf),
         }
     }
+}
+
+/// Hyper takes the connection from here, starting with what was read of it.
+fn hand_off(read: BytesMut) -> Served {
+    tracing::debug!("http/1.1 connection handed to hyper");
+    Served::HandOff(read.freeze())
 }
 
 /// Buffers kept across a connection's requests.
