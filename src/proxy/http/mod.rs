@@ -36,6 +36,7 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
+use crate::identity::Identity;
 use crate::session::Pipeline;
 use crate::store::Store;
 
@@ -116,14 +117,8 @@ impl HttpFront {
         if req.uri().path() == CALLBACK_PATH {
             return self.callback(&req);
         }
-        let bearer = headers::bearer(req.headers());
-        let had_bearer = bearer.is_some();
-        let token = bearer.or_else(|| headers::session_cookie(req.headers()));
-        let identity = match token {
-            Some(token) => self.tokens.identify(self.store.as_ref(), token).await,
-            None => None,
-        };
-        let Some(identity) = identity else {
+        let had_bearer = headers::bearer(req.headers()).is_some();
+        let Some(identity) = self.identify(req.headers()).await else {
             return self.unauthenticated(&req, had_bearer);
         };
         let session = match self
@@ -135,6 +130,13 @@ impl HttpFront {
             Err(refusal) => return refusal,
         };
         upstream::forward(req, &session, had_bearer, forwarding).await
+    }
+
+    /// The caller, by their bearer token or else the gateway's cookie; `None`
+    /// for neither or a token that does not verify.
+    async fn identify(&self, headers: &hyper::HeaderMap) -> Option<Arc<Identity>> {
+        let token = headers::bearer(headers).or_else(|| headers::session_cookie(headers))?;
+        self.tokens.identify(self.store.as_ref(), token).await
     }
 
     /// Exchanges a one-time code from the login page for this app host's own

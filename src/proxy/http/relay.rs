@@ -7,15 +7,15 @@
 //!
 //! Why: on two cores hyper's server and pooled client, each building a header
 //! map and handing the request between tasks, cost the gateway 1.5× nginx's
-//! user-space CPU per request (11–12 µs against 7–8). Everything else (the API and login pages, bodies,
-//! websockets, refusals, error pages, HTTP/2) goes to hyper: on the first
-//! request this relay does not take, the connection is handed over with what has
-//! been read of it and stays with hyper from then on.
+//! user-space CPU per request (11–12 µs against 7–8). Everything else (the API
+//! and login pages, bodies, websockets, refusals, error pages, HTTP/2) goes to
+//! hyper: on the first request this relay does not take, the connection is
+//! handed over with what has been read of it and stays with hyper from then on.
 
 use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,15 @@ struct Request<'a> {
     close: bool,
 }
 
+impl Request<'_> {
+    fn path_and_query(&self) -> (&str, Option<&str>) {
+        match self.target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (self.target, None),
+        }
+    }
+}
+
 /// Parses `head`; `None` for anything but a bodiless `GET` or `HEAD` in
 /// HTTP/1.1 without an upgrade or expectation.
 fn parse_request(head: &[u8]) -> Option<Request<'_>> {
@@ -243,10 +252,7 @@ where
         return Relayed::NotMine;
     };
     scratch.upstream.advance(head_len);
-    let (path, query) = match request.target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (request.target, None),
-    };
+    let (path, query) = request.path_and_query();
     let line = upstream::request_line(request.method, path, query);
     let exchange = Exchange::new(session.handle.clone(), line, None, started);
     exchange.set_outcome(format!("-> {}", response.status));
@@ -269,19 +275,13 @@ where
 /// The caller's live session for the app the request names; `None` when there
 /// is none to use (no token, an unknown one, no grant): hyper's path then
 /// answers with the login redirect, the 401 or the refusal.
-async fn live_session(
-    front: &HttpFront,
-    request: &Request<'_>,
-) -> Option<std::sync::Arc<HttpSession>> {
+async fn live_session(front: &HttpFront, request: &Request<'_>) -> Option<Arc<HttpSession>> {
     let host = request.headers.get(header::HOST)?.to_str().ok()?;
     let target = front.target_of(host)?;
-    let path = request.target.split('?').next().unwrap_or_default();
-    if path == CALLBACK_PATH {
+    if request.path_and_query().0 == CALLBACK_PATH {
         return None;
     }
-    let token =
-        headers::bearer(&request.headers).or_else(|| headers::session_cookie(&request.headers))?;
-    let identity = front.tokens.identify(front.store.as_ref(), token).await?;
+    let identity = front.identify(&request.headers).await?;
     front
         .sessions
         .get_or_open(&identity, target, &front.upstream)
@@ -369,9 +369,9 @@ struct ResponseHead {
     reusable: bool,
 }
 
-/// Parses the app's response head (from `origin`) and writes the client's into `out`: status
-/// line, hop-by-hop headers dropped, redirects to the app's own address turned
-/// to the gateway's, cookies scoped to the app's public host. `None` for an
+/// Parses the app's response head (from `origin`) and writes the client's into
+/// `out`: status line, hop-by-hop headers dropped, redirects to the app's own
+/// address turned to the gateway's, cookies scoped to the app's public host. `None` for an
 /// informational (1xx) or malformed response.
 fn rewrite_response(
     head: &[u8],
@@ -387,13 +387,10 @@ fn rewrite_response(
     };
     let status = parsed.code.filter(|c| *c >= 200)?;
     let http10 = parsed.version == Some(0);
-    let named = |name: HeaderName| {
-        parsed
-            .headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_str()))
-    };
-    let connection: Vec<&[u8]> = named(header::CONNECTION)
+    let connection: Vec<&[u8]> = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .flat_map(|h| tokens(h.value))
         .collect();
     let said = |word: &str| {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::http::uri::{InvalidUriParts, PathAndQuery};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -106,10 +106,9 @@ pub struct HttpConnection {
     host: HeaderValue,
     /// `http://host:port` or `https://host:port`, for rewriting redirects.
     pub(super) origin: String,
-    /// The parts of `origin` every upstream request's URI starts with (the
-    /// pooled client's requests).
-    scheme: Scheme,
-    authority: Authority,
+    /// `origin` parsed: what every upstream request's URI starts with, and
+    /// where the relay's connections go.
+    pub(super) origin_uri: Uri,
     /// The session's own pools, one per relay runtime (`relay_runtimes::current`):
     /// a pooled connection's task lives on the runtime that opened it, so a
     /// request only ever takes connections of its own thread. Its connections
@@ -118,7 +117,6 @@ pub struct HttpConnection {
     /// Connections of the HTTP/1.1 relay (`relay`), which serves plain requests
     /// without the pooled client: how to open them, and the idle ones.
     pub(super) connector: UpstreamConnector,
-    pub(super) origin_uri: Uri,
     pub(super) idle: IdleConnections,
     pub(super) response_timeout: Duration,
     credential: HttpCredential,
@@ -151,10 +149,9 @@ impl Upstream for HttpUpstream {
         };
         let origin_uri = Uri::try_from(origin.as_str()).map_err(|e| bad_address(&e))?;
         let host = HeaderValue::from_str(&target.address).map_err(|e| bad_address(&e))?;
-        let (Some(scheme), Some(authority)) = (origin_uri.scheme(), origin_uri.authority()) else {
+        if origin_uri.scheme().is_none() || origin_uri.authority().is_none() {
             return Err(bad_address(&"not host:port"));
-        };
-        let (scheme, authority) = (scheme.clone(), authority.clone());
+        }
         self.probe(target, &connector, &origin_uri).await?;
         let injection = Injection::for_session(target.http.as_ref(), &credential).map_err(|e| {
             // The details may name a file; the client is only told where to look.
@@ -168,8 +165,6 @@ impl Upstream for HttpUpstream {
         Ok(HttpConnection {
             host,
             origin,
-            scheme,
-            authority,
             clients: (0..relay_runtimes().count())
                 .map(|_| {
                     Client::builder(TokioExecutor::new())
@@ -312,16 +307,15 @@ pub async fn forward(
 }
 
 /// The client's path and query on the app's origin.
-fn upstream_uri(conn: &HttpConnection, client_uri: Uri) -> Result<Uri, hyper::http::Error> {
-    let path_and_query = client_uri
-        .into_parts()
-        .path_and_query
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(conn.scheme.clone())
-        .authority(conn.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+fn upstream_uri(conn: &HttpConnection, client_uri: Uri) -> Result<Uri, InvalidUriParts> {
+    let mut parts = conn.origin_uri.clone().into_parts();
+    parts.path_and_query = Some(
+        client_uri
+            .into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
 }
 
 /// Who sent a request and how, as its forwarded headers tell the app.
