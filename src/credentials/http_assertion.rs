@@ -207,3 +207,65 @@ impl HttpCredential {
         &self.template.aud
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(not_after: Option<UnixTime>) -> HttpCredential {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let signer = AssertionSigner::from_pkcs8(pkcs8.as_ref(), "drawbridge").unwrap();
+        HttpCredential {
+            signer: Arc::new(signer),
+            template: Claims {
+                iss: "drawbridge".into(),
+                sub: "alice".into(),
+                aud: "grafana".into(),
+                iat: 0,
+                exp: 0,
+                jti: String::new(),
+                login: "viewer".into(),
+                groups: vec!["dev".into()],
+                email: None,
+                session: "s-1".into(),
+                grant: Some(7),
+            },
+            not_after,
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn claims(jwt: &HeaderValue) -> serde_json::Value {
+        let payload = jwt.to_str().unwrap().split('.').nth(1).unwrap();
+        serde_json::from_slice(&Base64UrlUnpadded::decode_vec(payload).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_assertion_serves_until_a_minute_before_it_expires() {
+        let credential = credential(None);
+        let t0 = 1_800_000_000;
+        let first = credential.assertion(t0).unwrap();
+        assert_eq!(claims(&first)["exp"], t0 + MAX_TTL_SECS);
+        assert_eq!(credential.assertion(t0 + 1).unwrap(), first);
+        let last_reuse = t0 + MAX_TTL_SECS - REFRESH_SECS - 1;
+        assert_eq!(credential.assertion(last_reuse).unwrap(), first);
+
+        let renewed = credential.assertion(last_reuse + 1).unwrap();
+        assert_ne!(renewed, first);
+        let renewed_claims = claims(&renewed);
+        assert_eq!(renewed_claims["exp"], last_reuse + 1 + MAX_TTL_SECS);
+        assert_ne!(renewed_claims["jti"], claims(&first)["jti"]);
+    }
+
+    #[test]
+    fn an_assertion_capped_by_the_grant_serves_to_the_grant_end_and_none_after() {
+        let t0 = 1_800_000_000;
+        let end = t0 + 100;
+        let credential = credential(Some(end));
+        let first = credential.assertion(t0).unwrap();
+        assert_eq!(claims(&first)["exp"], end);
+        assert_eq!(credential.assertion(end - 1).unwrap(), first);
+        assert!(credential.assertion(end).is_err());
+        assert!(credential.assertion(end + 1).is_err());
+    }
+}
