@@ -213,8 +213,8 @@ mod tests {
     use super::*;
 
     fn credential(not_after: Option<UnixTime>) -> HttpCredential {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-        let signer = AssertionSigner::from_pkcs8(pkcs8.as_ref(), "drawbridge").unwrap();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+        let signer = AssertionSigner::from_pkcs8(pkcs8.as_ref(), "drawbridge").expect("signer");
         HttpCredential {
             signer: Arc::new(signer),
             template: Claims {
@@ -236,21 +236,23 @@ mod tests {
     }
 
     fn claims(jwt: &HeaderValue) -> serde_json::Value {
-        let payload = jwt.to_str().unwrap().split('.').nth(1).unwrap();
-        serde_json::from_slice(&Base64UrlUnpadded::decode_vec(payload).unwrap()).unwrap()
+        let jwt = jwt.to_str().expect("ascii");
+        let payload = jwt.split('.').nth(1).expect("a payload");
+        let json = Base64UrlUnpadded::decode_vec(payload).expect("base64url");
+        serde_json::from_slice(&json).expect("json claims")
     }
 
     #[test]
     fn one_assertion_serves_until_a_minute_before_it_expires() {
         let credential = credential(None);
         let t0 = 1_800_000_000;
-        let first = credential.assertion(t0).unwrap();
+        let first = credential.assertion(t0).expect("minted");
         assert_eq!(claims(&first)["exp"], t0 + MAX_TTL_SECS);
-        assert_eq!(credential.assertion(t0 + 1).unwrap(), first);
+        assert_eq!(credential.assertion(t0 + 1).expect("minted"), first);
         let last_reuse = t0 + MAX_TTL_SECS - REFRESH_SECS - 1;
-        assert_eq!(credential.assertion(last_reuse).unwrap(), first);
+        assert_eq!(credential.assertion(last_reuse).expect("minted"), first);
 
-        let renewed = credential.assertion(last_reuse + 1).unwrap();
+        let renewed = credential.assertion(last_reuse + 1).expect("minted");
         assert_ne!(renewed, first);
         let renewed_claims = claims(&renewed);
         assert_eq!(renewed_claims["exp"], last_reuse + 1 + MAX_TTL_SECS);
@@ -262,9 +264,9 @@ mod tests {
         let t0 = 1_800_000_000;
         let end = t0 + 100;
         let credential = credential(Some(end));
-        let first = credential.assertion(t0).unwrap();
+        let first = credential.assertion(t0).expect("minted");
         assert_eq!(claims(&first)["exp"], end);
-        assert_eq!(credential.assertion(end - 1).unwrap(), first);
+        assert_eq!(credential.assertion(end - 1).expect("minted"), first);
         assert!(credential.assertion(end).is_err());
         assert!(credential.assertion(end + 1).is_err());
     }
