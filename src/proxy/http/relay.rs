@@ -371,8 +371,8 @@ struct ResponseHead {
 
 /// Parses the app's response head (from `origin`) and writes the client's into
 /// `out`: status line, hop-by-hop headers dropped, redirects to the app's own
-/// address turned to the gateway's, cookies scoped to the app's public host. `None` for an
-/// informational (1xx) or malformed response.
+/// address turned to the gateway's, cookies scoped to the app's public host.
+/// `None` for an informational (1xx) or malformed response.
 fn rewrite_response(
     head: &[u8],
     head_request: bool,
