@@ -8,7 +8,9 @@
 //!
 //! `cargo bench --bench pg_ratio` (release). Knobs: `BENCH_PG_SECS` (seconds
 //! per pgbench run, default 10), `BENCH_PG_SCALE` (pgbench scale, 1),
-//! `BENCH_COPY_MIB` (COPY size, default 256; 1024 for the 1 GB figure).
+//! `BENCH_COPY_MIB` (COPY size, default 256; 1024 for the 1 GB figure),
+//! `BENCH_PG_GATEWAY` (lines added to the gateway's `[postgres]` section, e.g.
+//! `busy_poll = "0s"`).
 //! pgbouncer is installed with apt-get when missing; if that fails its column
 //! is skipped with a message.
 
@@ -220,7 +222,8 @@ impl Drop for Bouncer {
 
 /// The gateway with target `pg-1` (TLS verified) and alice granted `app_rw`.
 fn start_gateway(pg: &PgCluster) -> (Gateway, Route) {
-    let gateway = Gateway::start();
+    let extra = std::env::var("BENCH_PG_GATEWAY").unwrap_or_default();
+    let gateway = Gateway::start_with_postgres(&extra);
     pg.register(&gateway, "pg-1", &[]);
     let alice = gateway.add_user("alice", &["dev"]);
     let bob = gateway.add_user("bob", &["approvers"]);

@@ -167,6 +167,11 @@ pub struct PostgresConfig {
     /// a connection open before it has logged in.
     #[serde(with = "serde_duration")]
     pub login_timeout: Duration,
+    /// After relaying, keep polling the sessions' sockets this long before
+    /// sleeping (see the README's PostgreSQL performance notes); it spends idle
+    /// CPU to save a wake-up per round trip. "0s" turns it off.
+    #[serde(with = "serde_duration")]
+    pub busy_poll: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +291,7 @@ impl Default for PostgresConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30 * 60),
             login_timeout: Duration::from_secs(60),
+            busy_poll: Duration::from_micros(200),
         }
     }
 }
@@ -445,6 +451,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("upstream_cert_ttl"), "{msg}");
         assert!(msg.contains("enforce_interval"), "{msg}");
+    }
+
+    #[test]
+    fn busy_polling_takes_microseconds_and_turns_off_with_zero() {
+        assert_eq!(
+            Config::default().postgres.busy_poll,
+            Duration::from_micros(200)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        for (value, parsed) in [("150us", 150), ("0s", 0)] {
+            std::fs::write(&path, format!("[postgres]\nbusy_poll = \"{value}\"\n")).expect("write");
+            let c = Config::load(Some(&path)).expect("valid");
+            assert_eq!(c.postgres.busy_poll, Duration::from_micros(parsed));
+        }
     }
 
     #[test]

@@ -802,6 +802,41 @@ async fn idle_sessions_end_with_a_fatal_error_but_running_queries_do_not() {
         .contains("session idle for 2s")));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_saves_the_relay_its_sleeps_and_stops_when_the_session_goes_quiet() {
+    let w = PgWorld::with_gateway(Gateway::start_with_postgres("busy_poll = \"5ms\""));
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let (client, connection) = w
+        .connect("app_rw@pg-1", &token, "", w.gateway_tls())
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.expect("warm up");
+
+    // Back-to-back round trips: each one's next message lands inside the window,
+    // so the relay polls instead of sleeping (without polling it sleeps at least
+    // twice per query: waiting for the client, then for the target).
+    const QUERIES: u64 = 200;
+    let before = w.gateway.relay_sleeps();
+    for _ in 0..QUERIES {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    let sleeps = w.gateway.relay_sleeps().saturating_sub(before);
+    assert!(
+        sleeps < QUERIES / 2,
+        "the relay slept {sleeps} times over {QUERIES} queries"
+    );
+
+    // The session stays open but quiet: polling must stop, not spin a core.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = w.gateway.cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = (w.gateway.cpu() - cpu).total();
+    assert!(used < 0.3, "an idle gateway used {used:.2} s of CPU in 2 s");
+    client.simple_query("SELECT 1").await.expect("still served");
+}
+
 /// A TCP forwarder that keeps the first 8 bytes each connection sent, to see
 /// how the gateway talks to the target. It forwards everything unchanged.
 struct Observer {

@@ -44,6 +44,7 @@ pub struct PostgresFront {
     connect_timeout: Duration,
     idle_timeout: Duration,
     login_timeout: Duration,
+    busy_poll: Duration,
     cancels: CancelKeys,
 }
 
@@ -66,6 +67,7 @@ impl PostgresFront {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             login_timeout: config.login_timeout,
+            busy_poll: config.busy_poll,
             cancels: CancelKeys::default(),
         }
     }
@@ -74,6 +76,7 @@ impl PostgresFront {
     pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         // Started here so that a failure shows at startup, not at a first connection.
         let relays = relay_runtimes();
+        relays.start_busy_poll(self.busy_poll);
         loop {
             // Accept is cancel-safe; shutdown only stops taking new connections,
             // live sessions end through the registry.

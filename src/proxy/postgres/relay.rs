@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
 use super::wire::{self, MAX_FRAME_LEN, WireError};
+use crate::proxy::relay_runtimes;
 use crate::recording::RecordingError;
 use crate::session::{Activity, EndReason, SessionHandle};
 
@@ -229,6 +230,7 @@ pub async fn run(
     session: &SessionHandle,
     activity: &Activity,
 ) -> String {
+    let _relaying = relay_runtimes::relaying();
     let (mut down_read, mut down_write) = tokio::io::split(downstream.stream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream.stream);
     let tap = Tap {
@@ -361,7 +363,10 @@ impl<'a> Pump<'a> {
             buf.reserve(READ_CHUNK);
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
-                Ok(_) => self.activity.touch(),
+                Ok(_) => {
+                    self.activity.touch();
+                    relay_runtimes::relayed();
+                }
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
             match gather(from, &mut buf).await {
