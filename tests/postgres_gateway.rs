@@ -140,6 +140,19 @@ impl PgWorld {
         Ok((client, tokio::spawn(connection)))
     }
 
+    /// A gateway with `pg_extra` in its `[postgres]` section, and alice granted
+    /// `app_rw` for 30 minutes and connected through it with tokio-postgres.
+    async fn alice_on_app_rw(pg_extra: &str) -> (PgWorld, tokio_postgres::Client, Connection) {
+        let w = PgWorld::with_gateway(Gateway::start_with_postgres(pg_extra));
+        w.grant("app_rw", "30m");
+        let token = w.token(&w.alice);
+        let (client, connection) = w
+            .connect("app_rw@pg-1", &token, "", w.gateway_tls())
+            .await
+            .expect("connect");
+        (w, client, connection)
+    }
+
     /// Registers another PostgreSQL target `name` at `address` (env=prod, TLS
     /// verified) with `login` flags: the admin role, or a static login.
     fn add_target(&self, name: &str, address: &str, login: &[&str]) {
@@ -774,13 +787,7 @@ async fn the_ephemeral_role_cannot_log_in_after_valid_until() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_end_with_a_fatal_error_but_running_queries_do_not() {
-    let w = PgWorld::with_gateway(Gateway::start_with_postgres("idle_timeout = \"2s\""));
-    w.grant("app_rw", "30m");
-    let token = w.token(&w.alice);
-    let (client, connection) = w
-        .connect("app_rw@pg-1", &token, "", w.gateway_tls())
-        .await
-        .expect("connect");
+    let (w, client, connection) = PgWorld::alice_on_app_rw("idle_timeout = \"2s\"").await;
     // Longer than the limit, but a running statement is not idleness.
     client
         .simple_query("SELECT pg_sleep(3)")
@@ -804,14 +811,7 @@ async fn idle_sessions_end_with_a_fatal_error_but_running_queries_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_polling_saves_the_relay_its_sleeps_and_stops_when_the_session_goes_quiet() {
-    let w = PgWorld::with_gateway(Gateway::start_with_postgres("busy_poll = \"5ms\""));
-    w.grant("app_rw", "30m");
-    let token = w.token(&w.alice);
-    let (client, connection) = w
-        .connect("app_rw@pg-1", &token, "", w.gateway_tls())
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let (w, client, _connection) = PgWorld::alice_on_app_rw("busy_poll = \"5ms\"").await;
     client.simple_query("SELECT 1").await.expect("warm up");
 
     // Back-to-back round trips: each one's next message lands inside the window,
