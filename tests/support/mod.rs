@@ -383,44 +383,39 @@ impl Gateway {
 
     /// Context switches (voluntary and not) of the gateway's threads alive now.
     pub fn context_switches(&self) -> u64 {
-        let tasks = format!("/proc/{}/task", self.child.id());
-        let Ok(tasks) = std::fs::read_dir(tasks) else {
-            return 0;
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-            .flat_map(|status| {
-                status
-                    .lines()
-                    .filter(|l| l.contains("ctxt_switches:"))
-                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
+        self.thread_counts(
+            |_| true,
+            &["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"],
+        )
     }
 
     /// How often the relay runtimes' threads alive now went to sleep (voluntary
     /// context switches): an event loop sleeps whenever it runs out of work.
     pub fn relay_sleeps(&self) -> u64 {
+        self.thread_counts(
+            |comm| comm.starts_with("relay-"),
+            &["voluntary_ctxt_switches"],
+        )
+    }
+
+    /// The sum, over the gateway's threads whose name passes `threads`, of these
+    /// `/proc/…/status` fields.
+    fn thread_counts(&self, threads: impl Fn(&str) -> bool, fields: &[&str]) -> u64 {
         let tasks = format!("/proc/{}/task", self.child.id());
         let Ok(tasks) = std::fs::read_dir(tasks) else {
             return 0;
         };
         tasks
             .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|comm| comm.starts_with("relay-"))
-            })
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| threads(&c)))
             .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-            .filter_map(|status| {
+            .flat_map(|status| {
                 status
                     .lines()
-                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
+                    .filter_map(|l| l.split_once(':'))
+                    .filter(|(name, _)| fields.contains(name))
+                    .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
             })
             .sum()
     }
