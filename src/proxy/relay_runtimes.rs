@@ -22,8 +22,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -33,6 +33,7 @@ pub struct RelayRuntimes {
     runtimes: Vec<tokio::runtime::Runtime>,
     /// One per runtime, same index.
     pollers: Vec<BusyPoll>,
+    busy_poll_started: Once,
     next: AtomicUsize,
 }
 
@@ -80,11 +81,11 @@ impl RelayRuntimes {
         if window.is_zero() {
             return;
         }
-        for (i, rt) in self.runtimes.iter().enumerate() {
-            if !self.pollers[i].started.swap(true, Ordering::Relaxed) {
-                rt.spawn(poll_while_busy(&self.pollers[i], window));
+        self.busy_poll_started.call_once(|| {
+            for (rt, poller) in self.runtimes.iter().zip(&self.pollers) {
+                rt.spawn(poll_while_busy(poller, window));
             }
-        }
+        });
     }
 }
 
@@ -92,7 +93,7 @@ impl RelayRuntimes {
 /// it polls on for the busy-poll window. Cheap: an atomic swap, and a wake-up
 /// only when the poller was parked.
 pub fn relayed() {
-    let Some(poller) = current().and_then(poller) else {
+    let Some(poller) = current_poller() else {
         return;
     };
     if poller.polls() && poller.state.swap(BUSY, Ordering::Relaxed) == PARKED {
@@ -100,13 +101,12 @@ pub fn relayed() {
     }
 }
 
-/// One runtime's busy-poll state, touched (but for `started`) only from that
-/// runtime's threads, so the atomics are uncontended.
+/// One runtime's busy-poll state, touched only from that runtime's threads, so
+/// the atomics are uncontended.
 #[derive(Default)]
 struct BusyPoll {
     state: AtomicU8,
     wake: Notify,
-    started: AtomicBool,
     /// Sessions relaying on this runtime.
     sessions: AtomicUsize,
 }
@@ -123,28 +123,29 @@ impl BusyPoll {
 const POLLED_SESSIONS: usize = 2;
 
 /// Counts a session relaying on the calling thread's relay runtime while alive.
-pub struct Relaying(Option<usize>);
+pub struct Relaying(Option<&'static BusyPoll>);
 
 /// Marks the calling task as a relaying session until the guard drops (busy
 /// polling is for runtimes with few of them).
 pub fn relaying() -> Relaying {
-    let i = current();
-    if let Some(poller) = i.and_then(poller) {
+    let poller = current_poller();
+    if let Some(poller) = poller {
         poller.sessions.fetch_add(1, Ordering::Relaxed);
     }
-    Relaying(i)
+    Relaying(poller)
 }
 
 impl Drop for Relaying {
     fn drop(&mut self) {
-        if let Some(poller) = self.0.and_then(poller) {
+        if let Some(poller) = self.0 {
             poller.sessions.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-fn poller(i: usize) -> Option<&'static BusyPoll> {
-    RUNTIMES.get().and_then(|r| r.pollers.get(i))
+/// The busy-poll state of the calling thread's relay runtime.
+fn current_poller() -> Option<&'static BusyPoll> {
+    RUNTIMES.get()?.pollers.get(current()?)
 }
 
 /// The poller is parked until the next relayed bytes.
@@ -196,6 +197,7 @@ pub fn relay_runtimes() -> &'static RelayRuntimes {
             .collect();
         RelayRuntimes {
             pollers: (0..cores).map(|_| BusyPoll::default()).collect(),
+            busy_poll_started: Once::new(),
             runtimes,
             next: AtomicUsize::new(0),
         }
