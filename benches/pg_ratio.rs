@@ -6,11 +6,16 @@
 //! - `pgbench -S -c 1`: average and p99 latency, and what each proxy adds;
 //! - `COPY (…) TO STDOUT` through `psql`: MiB/s.
 //!
+//! Each figure is the median of `BENCH_PG_ROUNDS` (default 3) runs per route,
+//! interleaved; the TPS rows also print the gateway / pgbouncer ratio of each
+//! round.
+//!
 //! `cargo bench --bench pg_ratio` (release). Knobs: `BENCH_PG_SECS` (seconds
 //! per pgbench run, default 10), `BENCH_PG_SCALE` (pgbench scale, 1),
 //! `BENCH_COPY_MIB` (COPY size, default 256; 1024 for the 1 GB figure),
 //! `BENCH_PG_GATEWAY` (lines added to the gateway's `[postgres]` section, e.g.
-//! `busy_poll = "0s"`).
+//! `busy_poll = "0s"`), `BENCH_PG_PARTS` (which measurements to run, default
+//! `tps,latency,copy`), `BENCH_PG_ROUNDS`.
 //! pgbouncer is installed with apt-get when missing; if that fails its column
 //! is skipped with a message.
 
@@ -106,6 +111,38 @@ fn read_latencies(prefix: &Path) -> Vec<f64> {
         let _ = std::fs::remove_file(path);
     }
     all
+}
+
+/// Runs `measure` once per route in each of `rounds` rounds, each round
+/// starting with the next route. A VM's speed drifts by tens of percent over
+/// a minute, more than the differences measured here, so every figure is the
+/// median of interleaved runs rather than one run per route in a row.
+fn interleaved(routes: &[&Route], rounds: usize, mut measure: impl FnMut(usize, &Route)) {
+    for round in 0..rounds {
+        for i in (0..routes.len()).map(|k| (k + round) % routes.len()) {
+            measure(i, routes[i]);
+        }
+    }
+}
+
+/// What one route did over the interleaved rounds of a TPS measurement.
+#[derive(Default)]
+struct Runs {
+    tps: Vec<f64>,
+    transactions: f64,
+    /// The proxy's own CPU (zero for direct).
+    proxy: CpuTime,
+    machine: CpuTime,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -248,8 +285,11 @@ fn start_gateway(pg: &PgCluster) -> (Gateway, Route) {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let secs = env_num("BENCH_PG_SECS", 10);
+    let rounds = env_num("BENCH_PG_ROUNDS", 3).max(1);
     let scale = env_num("BENCH_PG_SCALE", 1);
     let copy_mib = env_num("BENCH_COPY_MIB", 256);
+    let parts = std::env::var("BENCH_PG_PARTS").unwrap_or_else(|_| "tps,latency,copy".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
     let pg = PgCluster::start();
     let direct = Route {
@@ -277,7 +317,10 @@ fn main() {
     routes.push(&via_gateway);
     let logs = tempfile::tempdir().expect("tempdir");
 
-    println!("pg_ratio: {secs}s per run, scale {scale}, TLS on every leg, gateway recording on");
+    println!(
+        "pg_ratio: medians of {rounds} interleaved {secs} s runs, scale {scale}, \
+         TLS on every leg, gateway recording on"
+    );
     // Warm every route (caches, the gateway's admin connection) before measuring.
     for r in &routes {
         pgbench(r, 2, 1, &[], None);
@@ -307,61 +350,94 @@ fn main() {
         "gateway" => gateway.cpu(),
         _ => CpuTime::default(),
     };
-    let mut cpu_notes = Vec::new();
-    let mut machine_notes = Vec::new();
-    for (what, args) in [
+    let tps_runs = [
         ("pgbench -S -c 8, simple (TPS)", &[][..]),
         ("pgbench -S -c 8, prepared (TPS)", &["-M", "prepared"][..]),
-    ] {
-        let mut tps = Vec::new();
-        for r in &routes {
+    ];
+    for (what, args) in tps_runs.into_iter().filter(|_| part("tps")) {
+        let mut runs: Vec<Runs> = routes.iter().map(|_| Runs::default()).collect();
+        interleaved(&routes, rounds, |i, r| {
             let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
             let b = pgbench(r, 8, secs, args, None);
-            let (used, machine) = (proxy_cpu(r.name) - before, machine_cpu() - machine_before);
-            let transactions = b.tps * secs as f64;
-            if used.total() > 0.0 {
-                cpu_notes.push(format!("{} {}", r.name, used.per_event_us(transactions)));
-            }
-            machine_notes.push(format!(
-                "{} {:.1}",
-                r.name,
-                machine.total() * 1e6 / transactions
-            ));
-            tps.push(b.tps);
+            let run = &mut runs[i];
+            run.proxy = run.proxy + (proxy_cpu(r.name) - before);
+            run.machine = run.machine + (machine_cpu() - machine_before);
+            run.transactions += b.tps * secs as f64;
+            run.tps.push(b.tps);
+        });
+        let medians: Vec<f64> = runs.iter().map(|r| median(&r.tps)).collect();
+        row(what, &medians);
+        let runs_by_name = |name| routes.iter().position(|r| r.name == name).map(|i| &runs[i]);
+        if let (Some(bouncer), Some(gw)) = (runs_by_name("pgbouncer"), runs_by_name("gateway")) {
+            let per_round: Vec<f64> = gw
+                .tps
+                .iter()
+                .zip(&bouncer.tps)
+                .map(|(g, b)| g / b)
+                .collect();
+            let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "  gateway / pgbouncer, round by round: {} (median {:.2})",
+                shown.join(", "),
+                median(&per_round)
+            );
         }
-        row(what, &tps);
-    }
-    println!(
-        "  proxy CPU per transaction (simple, then prepared): {}",
-        cpu_notes.join(", ")
-    );
-    println!(
-        "  whole machine's CPU per transaction, µs (simple, then prepared): {}",
-        machine_notes.join(", ")
-    );
-    let mut means = Vec::new();
-    let mut p99s = Vec::new();
-    for r in &routes {
-        let prefix = logs.path().join(r.name);
-        let b = pgbench(r, 1, secs, &[], Some(&prefix));
-        means.push(mean(&b.latencies));
-        p99s.push(p99(&b.latencies));
-    }
-    row("pgbench -S -c 1, mean latency (µs)", &means);
-    row("pgbench -S -c 1, p99 latency (µs)", &p99s);
-    for (i, r) in routes.iter().enumerate().skip(1) {
+        let proxies: Vec<String> = routes
+            .iter()
+            .zip(&runs)
+            .filter(|(_, run)| run.proxy.total() > 0.0)
+            .map(|(r, run)| format!("{} {}", r.name, run.proxy.per_event_us(run.transactions)))
+            .collect();
+        println!("  proxy CPU per transaction: {}", proxies.join(", "));
+        let machine: Vec<String> = routes
+            .iter()
+            .zip(&runs)
+            .map(|(r, run)| {
+                format!(
+                    "{} {:.1}",
+                    r.name,
+                    run.machine.total() * 1e6 / run.transactions
+                )
+            })
+            .collect();
         println!(
-            "  {} adds {:.1} µs on average, {:.1} µs at p99",
-            r.name,
-            means[i] - means[0],
-            p99s[i] - p99s[0]
+            "  whole machine's CPU per transaction, µs: {}",
+            machine.join(", ")
         );
     }
-    let cpu_before = gateway.cpu_seconds();
-    let rates: Vec<f64> = routes.iter().map(|r| copy_out(r, copy_mib)).collect();
-    row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);
-    println!(
-        "gateway CPU over the COPY runs: {:.2} s",
-        gateway.cpu_seconds() - cpu_before
-    );
+    if part("latency") {
+        let mut round_means: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
+        let mut round_p99s = round_means.clone();
+        interleaved(&routes, rounds, |i, r| {
+            let prefix = logs.path().join(r.name);
+            let b = pgbench(r, 1, secs, &[], Some(&prefix));
+            round_means[i].push(mean(&b.latencies));
+            round_p99s[i].push(p99(&b.latencies));
+        });
+        let means: Vec<f64> = round_means.iter().map(|m| median(m)).collect();
+        let p99s: Vec<f64> = round_p99s.iter().map(|p| median(p)).collect();
+        row("pgbench -S -c 1, mean latency (µs)", &means);
+        row("pgbench -S -c 1, p99 latency (µs)", &p99s);
+        for (i, r) in routes.iter().enumerate().skip(1) {
+            println!(
+                "  {} adds {:.1} µs on average, {:.1} µs at p99",
+                r.name,
+                means[i] - means[0],
+                p99s[i] - p99s[0]
+            );
+        }
+    }
+    if part("copy") {
+        let cpu_before = gateway.cpu_seconds();
+        let mut round_rates: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
+        interleaved(&routes, rounds, |i, r| {
+            round_rates[i].push(copy_out(r, copy_mib))
+        });
+        let rates: Vec<f64> = round_rates.iter().map(|r| median(r)).collect();
+        row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);
+        println!(
+            "gateway CPU over the COPY runs: {:.2} s",
+            gateway.cpu_seconds() - cpu_before
+        );
+    }
 }
