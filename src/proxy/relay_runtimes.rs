@@ -18,10 +18,7 @@
 //! a relayed round trip (a `pgbench -S -c 1` transaction through the gateway
 //! took 200 µs without polling and 130–150 µs with it, direct 150 µs). The
 //! kernel's `haltpoll` does the same for a guest's idle loop; hosts often turn
-//! it off, so the gateway does it for the sessions it relays. Where wake-ups are
-//! cheap, polling only competes for the cores (a transaction through the gateway
-//! took 10 µs longer with it on such a VM), so by default the gateway measures
-//! a wake-up at startup ([`wake_up_cost`]) and polls only where it is slow.
+//! it off, so the gateway does it for the sessions it relays.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -31,9 +28,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-
-use super::wake_up_cost;
-use crate::config::BusyPollSetting;
 
 pub struct RelayRuntimes {
     runtimes: Vec<tokio::runtime::Runtime>,
@@ -81,71 +75,17 @@ pub fn current() -> Option<usize> {
 }
 
 impl RelayRuntimes {
-    /// Starts busy polling on every runtime ([module docs](self)): with the
-    /// window given, or for `Auto` with [`AUTO_WINDOW`] if a wake-up across
-    /// cores is slow here (measured on a thread of its own, so startup does not
-    /// wait). A zero window or a second call does nothing.
-    pub fn start_busy_poll(&'static self, setting: BusyPollSetting) {
-        self.busy_poll_started.call_once(|| match setting {
-            BusyPollSetting::Window(window) => self.spawn_pollers(window),
-            BusyPollSetting::Auto => {
-                let measure = std::thread::Builder::new()
-                    .name("busy-poll-auto".into())
-                    .spawn(move || self.spawn_pollers(auto_window()));
-                if let Err(e) = measure {
-                    tracing::warn!(error = %e, "busy polling stays off: cannot measure wake-ups");
-                }
-            }
-        });
-    }
-
-    fn spawn_pollers(&'static self, window: Duration) {
+    /// Starts busy polling on every runtime with this window ([module docs](self));
+    /// a zero window or a second call does nothing.
+    pub fn start_busy_poll(&'static self, window: Duration) {
         if window.is_zero() {
             return;
         }
-        for (rt, poller) in self.runtimes.iter().zip(&self.pollers) {
-            rt.spawn(poll_while_busy(poller, window));
-        }
-    }
-}
-
-/// The window `busy_poll = "auto"` uses when polling pays.
-pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
-
-/// A round trip between two cores slower than this means idle cores halt into
-/// the hypervisor. Measured: 36.7 µs on a VM where polling took a relayed
-/// `pgbench -S -c 1` transaction from 62 µs above direct to 0–5 µs; 12.9 µs on
-/// one where it raised the 27 µs added to 37 µs.
-const SLOW_ROUND_TRIP: Duration = Duration::from_micros(20);
-
-/// Busy polling's window for `Auto`: [`AUTO_WINDOW`] or zero (off).
-fn auto_window() -> Duration {
-    match wake_up_cost::cross_core_round_trip() {
-        Ok(Some(trip)) => {
-            let window = polling_window_for(trip);
-            tracing::info!(
-                round_trip_us = trip.as_secs_f64() * 1e6,
-                busy_poll = if window.is_zero() { "off" } else { "on" },
-                "measured a wake-up across cores"
-            );
-            window
-        }
-        Ok(None) => {
-            tracing::info!(busy_poll = "off", "one core: nothing to poll against");
-            Duration::ZERO
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, busy_poll = "off", "cannot measure wake-ups");
-            Duration::ZERO
-        }
-    }
-}
-
-fn polling_window_for(round_trip: Duration) -> Duration {
-    if round_trip > SLOW_ROUND_TRIP {
-        AUTO_WINDOW
-    } else {
-        Duration::ZERO
+        self.busy_poll_started.call_once(|| {
+            for (rt, poller) in self.runtimes.iter().zip(&self.pollers) {
+                rt.spawn(poll_while_busy(poller, window));
+            }
+        });
     }
 }
 
@@ -262,19 +202,4 @@ pub fn relay_runtimes() -> &'static RelayRuntimes {
             next: AtomicUsize::new(0),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_polls_only_where_a_wake_up_is_slow() {
-        // The two VMs the threshold comes from.
-        assert_eq!(polling_window_for(Duration::from_micros(37)), AUTO_WINDOW);
-        assert_eq!(
-            polling_window_for(Duration::from_micros(13)),
-            Duration::ZERO
-        );
-    }
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{BusyPollSetting, PostgresConfig};
+use crate::config::PostgresConfig;
 use crate::proxy::relay_runtimes::relay_runtimes;
 use crate::session::Pipeline;
 use crate::store::Store;
@@ -44,7 +44,7 @@ pub struct PostgresFront {
     connect_timeout: Duration,
     idle_timeout: Duration,
     login_timeout: Duration,
-    busy_poll: BusyPollSetting,
+    busy_poll: Duration,
     cancels: CancelKeys,
 }
 
