@@ -837,6 +837,48 @@ async fn busy_polling_saves_the_relay_its_sleeps_and_stops_when_the_session_goes
     client.simple_query("SELECT 1").await.expect("still served");
 }
 
+#[test]
+fn a_session_is_relayed_by_the_thread_pinned_to_its_clients_core() {
+    // Without busy polling every query costs the relay thread a sleep, which
+    // shows which thread relayed it.
+    let w = PgWorld::with_gateway(Gateway::start_with_postgres("busy_poll = \"0s\""));
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let cores: Vec<String> = w.gateway.relay_sleeps_by_core().into_keys().collect();
+    if cores.len() < 2 {
+        eprintln!("one core: nothing to place");
+        return;
+    }
+    assert!(
+        cores.iter().all(|c| c.parse::<usize>().is_ok()),
+        "relay threads not pinned to one core each: {cores:?}"
+    );
+    const QUERIES: u64 = 300;
+    let script = w.gateway.path("queries.sql");
+    std::fs::write(&script, "SELECT 1;\n".repeat(QUERIES as usize)).expect("script");
+    for core in &cores {
+        let before = w.gateway.relay_sleeps_by_core();
+        // psql pinned to `core`: its packets reach the gateway on that core.
+        let o = Command::new("taskset")
+            .args(["-c", core, "psql"])
+            .arg(w.conninfo("app_rw@pg-1", "require"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(&script)
+            .env("PGPASSWORD", &token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("taskset psql");
+        assert!(o.status.success(), "psql: {}", stderr(&o));
+        let after = w.gateway.relay_sleeps_by_core();
+        let grew = |c: &String| after[c].saturating_sub(before[c]);
+        let others: u64 = cores.iter().filter(|c| *c != core).map(grew).sum();
+        assert!(
+            grew(core) >= QUERIES && others < grew(core) / 4,
+            "client on core {core}: the relay threads slept {before:?} before, {after:?} after"
+        );
+    }
+}
+
 /// A TCP forwarder that keeps the first 8 bytes each connection sent, to see
 /// how the gateway talks to the target. It forwards everything unchanged.
 struct Observer {

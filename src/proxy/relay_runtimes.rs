@@ -6,6 +6,16 @@
 //! steal each other's tasks, a `pgbench -S` transaction cost 34–37 µs of gateway
 //! CPU, most of it context switches and cross-CPU wake-ups; here 27.5–30 µs.
 //!
+//! Each runtime's threads are pinned to one core, and an accepted connection goes
+//! to the runtime of the core its packets arrive on (`SO_INCOMING_CPU`: for a
+//! client on the same host, the core the client ran on; for a remote one, the
+//! core that took its network queue's interrupts), unless that runtime already
+//! holds [`PLACEMENT_SLACK`] more connections than the emptiest one. The relay
+//! then wakes the client on its own core instead of interrupting the other one;
+//! with 8 `pgbench -S` clients this took the gateway from 1.00× to 1.14× of
+//! pgbouncer's TPS (medians of nine interleaved rounds each, simple queries;
+//! prepared 1.13× to 1.17×).
+//!
 //! They are multi-threaded runtimes of one worker rather than current-thread ones
 //! so that `block_in_place` (SQLite commits wait for the disk) still hands the
 //! event loop to another thread instead of stalling the other sessions on it.
@@ -23,18 +33,23 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub struct RelayRuntimes {
     runtimes: Vec<tokio::runtime::Runtime>,
+    /// The core each runtime's threads are pinned to, same index; empty when
+    /// the allowed cores could not be read (then nothing is pinned).
+    cores: Vec<usize>,
+    /// Connections each runtime serves now, same index.
+    connections: Vec<Arc<AtomicUsize>>,
     /// One per runtime, same index.
     pollers: Vec<BusyPoll>,
     busy_poll_started: Once,
-    next: AtomicUsize,
 }
 
 thread_local! {
@@ -48,8 +63,8 @@ impl RelayRuntimes {
         self.runtimes.len()
     }
 
-    /// Moves an accepted socket to the next runtime (round robin, so connections
-    /// spread evenly over the cores) and serves it there with `serve`.
+    /// Moves an accepted socket to the runtime of the core its packets arrive on
+    /// ([module docs](self)) and serves it there with `serve`.
     pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F) -> std::io::Result<()>
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
@@ -57,14 +72,71 @@ impl RelayRuntimes {
     {
         // A socket is registered with one reactor: it leaves the accepting one here.
         let stream = stream.into_std()?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.runtimes[i % self.runtimes.len()].spawn(async move {
+        let incoming = rustix::net::sockopt::socket_incoming_cpu(&stream).ok();
+        let i = self.place(incoming.map(|cpu| cpu as usize));
+        let serving = Serving::start(self.connections[i].clone());
+        self.runtimes[i].spawn(async move {
+            let _serving = serving;
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve(stream).await,
                 Err(e) => tracing::warn!(error = %e, "connection lost before relay"),
             }
         });
         Ok(())
+    }
+
+    /// The runtime for a connection whose packets arrive on core `incoming`.
+    fn place(&self, incoming: Option<usize>) -> usize {
+        let loads: Vec<usize> = self
+            .connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let local = incoming.and_then(|core| self.cores.iter().position(|&c| c == core));
+        choose_runtime(&loads, local)
+    }
+}
+
+/// The local runtime (the one pinned to the core the connection's packets
+/// arrive on), unless it holds [`PLACEMENT_SLACK`] more connections than the
+/// emptiest: one busy network queue must not pile every session on one core.
+/// Otherwise, or when the core is unknown, the emptiest.
+fn choose_runtime(loads: &[usize], local: Option<usize>) -> usize {
+    let (emptiest, least) = loads
+        .iter()
+        .copied()
+        .enumerate()
+        .min_by_key(|&(_, load)| load)
+        .unwrap_or((0, 0));
+    match local {
+        Some(i)
+            if loads
+                .get(i)
+                .is_some_and(|&load| load < least + PLACEMENT_SLACK) =>
+        {
+            i
+        }
+        _ => emptiest,
+    }
+}
+
+/// How many more connections than the emptiest runtime a core's own runtime
+/// may hold before a connection arriving there goes elsewhere.
+const PLACEMENT_SLACK: usize = 2;
+
+/// Counts a connection on its runtime while alive.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn start(count: Arc<AtomicUsize>) -> Serving {
+        count.fetch_add(1, Ordering::Relaxed);
+        Serving(count)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -183,23 +255,95 @@ static RUNTIMES: OnceLock<RelayRuntimes> = OnceLock::new();
 /// Started on first use and kept for the life of the process.
 pub fn relay_runtimes() -> &'static RelayRuntimes {
     RUNTIMES.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let runtimes = (0..cores)
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = allowed_cores(count);
+        let runtimes = (0..count)
             .map(|i| {
+                let core = cores.get(i).copied();
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .thread_name(format!("relay-{i}"))
-                    .on_thread_start(move || CURRENT.with(|c| c.set(Some(i))))
+                    .on_thread_start(move || {
+                        CURRENT.with(|c| c.set(Some(i)));
+                        if let Some(core) = core {
+                            pin_to(core);
+                        }
+                    })
                     .enable_all()
                     .build()
                     .expect("start a relay runtime")
             })
             .collect();
         RelayRuntimes {
-            pollers: (0..cores).map(|_| BusyPoll::default()).collect(),
+            connections: (0..count).map(|_| Arc::default()).collect(),
+            cores,
+            pollers: (0..count).map(|_| BusyPoll::default()).collect(),
             busy_poll_started: Once::new(),
             runtimes,
-            next: AtomicUsize::new(0),
         }
     })
+}
+
+/// The first `count` cores this process may run on, or none when that cannot
+/// be read or there are fewer (a CPU quota, say): then nothing is pinned.
+fn allowed_cores(count: usize) -> Vec<usize> {
+    let Ok(allowed) = sched_getaffinity(None) else {
+        return Vec::new();
+    };
+    let cores: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .take(count)
+        .collect();
+    if cores.len() == count {
+        cores
+    } else {
+        Vec::new()
+    }
+}
+
+/// Pins the calling thread to `core`; a refusal (a changed cpuset) leaves it
+/// free to run anywhere, which costs only the placement's gain.
+fn pin_to(core: usize) {
+    let mut only = CpuSet::new();
+    only.set(core);
+    if let Err(e) = sched_setaffinity(None, &only) {
+        tracing::warn!(core, error = %e, "relay thread not pinned");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_goes_to_its_own_core_unless_that_is_crowded() {
+        // Known core, within the slack: its own runtime.
+        assert_eq!(choose_runtime(&[1, 0], Some(0)), 0);
+        assert_eq!(choose_runtime(&[3, 2], Some(0)), 0);
+        // Two more than the emptiest: the emptiest instead.
+        assert_eq!(choose_runtime(&[2, 0], Some(0)), 1);
+        assert_eq!(choose_runtime(&[4, 1, 2], Some(0)), 1);
+        // Unknown core (not one the runtimes are pinned to): the emptiest.
+        assert_eq!(choose_runtime(&[3, 1], None), 1);
+        assert_eq!(choose_runtime(&[0, 0], None), 0);
+    }
+
+    #[test]
+    fn relay_threads_are_pinned_one_per_allowed_core() {
+        let relays = relay_runtimes();
+        let allowed = sched_getaffinity(None).expect("affinity");
+        assert!(!relays.cores.is_empty(), "nothing pinned");
+        for (i, rt) in relays.runtimes.iter().enumerate() {
+            let seen = rt
+                .block_on(async {
+                    tokio::task::spawn(async { sched_getaffinity(None) })
+                        .await
+                        .expect("task")
+                })
+                .expect("affinity");
+            let cores: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| seen.is_set(c)).collect();
+            assert_eq!(cores, vec![relays.cores[i]], "relay-{i}");
+            assert!(allowed.is_set(relays.cores[i]));
+        }
+    }
 }

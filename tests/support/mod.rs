@@ -401,14 +401,8 @@ impl Gateway {
     /// The sum, over the gateway's threads whose name passes `threads`, of these
     /// `/proc/…/status` fields.
     fn thread_counts(&self, threads: impl Fn(&str) -> bool, fields: &[&str]) -> u64 {
-        let tasks = format!("/proc/{}/task", self.child.id());
-        let Ok(tasks) = std::fs::read_dir(tasks) else {
-            return 0;
-        };
-        tasks
-            .flatten()
-            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| threads(&c)))
-            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        self.thread_statuses(threads)
+            .iter()
             .flat_map(|status| {
                 status
                     .lines()
@@ -418,6 +412,39 @@ impl Gateway {
                     .collect::<Vec<_>>()
             })
             .sum()
+    }
+
+    /// Voluntary context switches of the relay threads, by the cores each may
+    /// run on (`/proc/…/status` `Cpus_allowed_list`, e.g. "1", or "0-1" when
+    /// not pinned).
+    pub fn relay_sleeps_by_core(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_core = std::collections::BTreeMap::new();
+        for status in self.thread_statuses(|comm| comm.starts_with("relay-")) {
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let sleeps: u64 = field("voluntary_ctxt_switches").parse().unwrap_or(0);
+            *by_core.entry(field("Cpus_allowed_list")).or_insert(0) += sleeps;
+        }
+        by_core
+    }
+
+    /// `/proc/…/status` of each of the gateway's threads whose name passes `threads`.
+    fn thread_statuses(&self, threads: impl Fn(&str) -> bool) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let Ok(tasks) = std::fs::read_dir(tasks) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| threads(&c)))
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .collect()
     }
 
     pub fn log(&self) -> String {
