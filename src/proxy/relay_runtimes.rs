@@ -33,7 +33,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -46,7 +46,7 @@ pub struct RelayRuntimes {
     /// the allowed cores could not be read (then nothing is pinned).
     cores: Vec<usize>,
     /// Connections each runtime serves now, same index.
-    connections: Vec<Arc<AtomicUsize>>,
+    connections: Vec<AtomicUsize>,
     /// One per runtime, same index.
     pollers: Vec<BusyPoll>,
     busy_poll_started: Once,
@@ -65,7 +65,7 @@ impl RelayRuntimes {
 
     /// Moves an accepted socket to the runtime of the core its packets arrive on
     /// ([module docs](self)) and serves it there with `serve`.
-    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F) -> std::io::Result<()>
+    pub fn spawn<F, Fut>(&'static self, stream: TcpStream, serve: F) -> std::io::Result<()>
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -74,7 +74,7 @@ impl RelayRuntimes {
         let stream = stream.into_std()?;
         let incoming = rustix::net::sockopt::socket_incoming_cpu(&stream).ok();
         let i = self.place(incoming.map(|cpu| cpu as usize));
-        let serving = Serving::start(self.connections[i].clone());
+        let serving = Counted::new(&self.connections[i]);
         self.runtimes[i].spawn(async move {
             let _serving = serving;
             match TcpStream::from_std(stream) {
@@ -124,17 +124,18 @@ fn choose_runtime(loads: &[usize], local: Option<usize>) -> usize {
 /// may hold before a connection arriving there goes elsewhere.
 const PLACEMENT_SLACK: usize = 2;
 
-/// Counts a connection on its runtime while alive.
-struct Serving(Arc<AtomicUsize>);
+/// Counts one in `count` while alive: a connection on its runtime, a relaying
+/// session on its poller.
+struct Counted(&'static AtomicUsize);
 
-impl Serving {
-    fn start(count: Arc<AtomicUsize>) -> Serving {
+impl Counted {
+    fn new(count: &'static AtomicUsize) -> Counted {
         count.fetch_add(1, Ordering::Relaxed);
-        Serving(count)
+        Counted(count)
     }
 }
 
-impl Drop for Serving {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -195,23 +196,15 @@ impl BusyPoll {
 const POLLED_SESSIONS: usize = 2;
 
 /// Counts a session relaying on the calling thread's relay runtime while alive.
-pub struct Relaying(Option<&'static BusyPoll>);
+pub struct Relaying {
+    _session: Option<Counted>,
+}
 
 /// Marks the calling task as a relaying session until the guard drops (busy
 /// polling is for runtimes with few of them).
 pub fn relaying() -> Relaying {
-    let poller = current_poller();
-    if let Some(poller) = poller {
-        poller.sessions.fetch_add(1, Ordering::Relaxed);
-    }
-    Relaying(poller)
-}
-
-impl Drop for Relaying {
-    fn drop(&mut self) {
-        if let Some(poller) = self.0 {
-            poller.sessions.fetch_sub(1, Ordering::Relaxed);
-        }
+    Relaying {
+        _session: current_poller().map(|poller| Counted::new(&poller.sessions)),
     }
 }
 
@@ -275,7 +268,7 @@ pub fn relay_runtimes() -> &'static RelayRuntimes {
             })
             .collect();
         RelayRuntimes {
-            connections: (0..count).map(|_| Arc::default()).collect(),
+            connections: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             cores,
             pollers: (0..count).map(|_| BusyPoll::default()).collect(),
             busy_poll_started: Once::new(),
