@@ -12,9 +12,10 @@
 //! core that took its network queue's interrupts), unless that runtime already
 //! holds [`PLACEMENT_SLACK`] more connections than the emptiest one. The relay
 //! then wakes the client on its own core instead of interrupting the other one;
-//! with 8 `pgbench -S` clients this took the gateway from 1.00× to 1.14× of
-//! pgbouncer's TPS (medians of nine interleaved rounds each, simple queries;
-//! prepared 1.13× to 1.17×).
+//! with 8 `pgbench -S` clients this took the gateway from 1.00× to 1.21× of
+//! pgbouncer's TPS on one VM (medians of nine interleaved rounds each, simple
+//! queries; prepared 1.13× to 1.21×), and made no difference on another whose
+//! idle cores halt (docs/benchmarks.md). HTTPS gains a little from it too.
 //!
 //! They are multi-threaded runtimes of one worker rather than current-thread ones
 //! so that `block_in_place` (SQLite commits wait for the disk) still hands the
