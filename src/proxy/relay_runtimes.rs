@@ -15,7 +15,8 @@
 //! with 8 `pgbench -S` clients this took the gateway from 1.00× to 1.21× of
 //! pgbouncer's TPS on one VM (medians of nine interleaved rounds each, simple
 //! queries; prepared 1.13× to 1.21×), and made no difference on another whose
-//! idle cores halt (docs/benchmarks.md). HTTPS gains a little from it too.
+//! idle cores halt (docs/benchmarks.md). For HTTPS it was within the noise on
+//! the first and a few percent ahead on the second.
 //!
 //! They are multi-threaded runtimes of one worker rather than current-thread ones
 //! so that `block_in_place` (SQLite commits wait for the disk) still hands the
