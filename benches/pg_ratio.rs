@@ -8,7 +8,8 @@
 //!
 //! Each figure is the median of `BENCH_PG_ROUNDS` (default 3) runs per route,
 //! interleaved; the TPS rows also print the gateway / pgbouncer ratio of each
-//! round.
+//! round, CPU and TCP segments per transaction, and the most a proxy making
+//! pgbouncer's system calls could reach (every core busy, no user space).
 //!
 //! `cargo bench --bench pg_ratio` (release). Knobs: `BENCH_PG_SECS` (seconds
 //! per pgbench run, default 10), `BENCH_PG_SCALE` (pgbench scale, 1),
@@ -133,6 +134,24 @@ struct Runs {
     /// The proxy's own CPU (zero for direct).
     proxy: CpuTime,
     machine: CpuTime,
+    /// TCP segments the machine sent (every leg is loopback).
+    segments: u64,
+}
+
+/// The machine's count of TCP segments sent so far (`OutSegs` in
+/// `/proc/net/snmp`, whose `Tcp:` lines are a header and its values).
+fn tcp_segments_sent() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutSegs")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -358,10 +377,12 @@ fn main() {
         let mut runs: Vec<Runs> = routes.iter().map(|_| Runs::default()).collect();
         interleaved(&routes, rounds, |i, r| {
             let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
+            let segments_before = tcp_segments_sent();
             let b = pgbench(r, 8, secs, args, None);
             let run = &mut runs[i];
             run.proxy = run.proxy + (proxy_cpu(r.name) - before);
             run.machine = run.machine + (machine_cpu() - machine_before);
+            run.segments += tcp_segments_sent().saturating_sub(segments_before);
             run.transactions += b.tps * secs as f64;
             run.tps.push(b.tps);
         });
@@ -404,6 +425,25 @@ fn main() {
             "  whole machine's CPU per transaction, µs: {}",
             machine.join(", ")
         );
+        let segments: Vec<String> = routes
+            .iter()
+            .zip(&runs)
+            .map(|(r, run)| format!("{} {:.2}", r.name, run.segments as f64 / run.transactions))
+            .collect();
+        println!("  TCP segments per transaction: {}", segments.join(", "));
+        // Every core busy with pgbouncer's path less pgbouncer's user time: the
+        // most a proxy that makes the same system calls could reach, whatever
+        // its own code costs.
+        if let Some(bouncer) = runs_by_name("pgbouncer") {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let wall = (secs * rounds) as f64;
+            let bound = cores * wall / (bouncer.machine.total() - bouncer.proxy.user);
+            println!(
+                "  pgbouncer's path used {:.2} of {cores} cores; with every core busy and no \
+                 user-space CPU, a proxy on it would reach {bound:.2}× pgbouncer's TPS",
+                bouncer.machine.total() / wall
+            );
+        }
     }
     if part("latency") {
         let mut round_means: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
