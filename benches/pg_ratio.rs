@@ -410,27 +410,23 @@ fn main() {
             .map(|(r, run)| format!("{} {}", r.name, run.proxy.per_event_us(run.transactions)))
             .collect();
         println!("  proxy CPU per transaction: {}", proxies.join(", "));
-        let machine: Vec<String> = routes
-            .iter()
-            .zip(&runs)
-            .map(|(r, run)| {
-                format!(
-                    "{} {:.1}",
-                    r.name,
-                    run.machine.total() * 1e6 / run.transactions
-                )
-            })
-            .collect();
+        // "direct 72.1, pgbouncer 110.4, gateway 122.4": one figure per route.
+        let per_route = |figure: &dyn Fn(&Runs) -> String| {
+            let cells: Vec<String> = routes
+                .iter()
+                .zip(&runs)
+                .map(|(r, run)| format!("{} {}", r.name, figure(run)))
+                .collect();
+            cells.join(", ")
+        };
         println!(
             "  whole machine's CPU per transaction, µs: {}",
-            machine.join(", ")
+            per_route(&|run| format!("{:.1}", run.machine.total() * 1e6 / run.transactions))
         );
-        let segments: Vec<String> = routes
-            .iter()
-            .zip(&runs)
-            .map(|(r, run)| format!("{} {:.2}", r.name, run.segments as f64 / run.transactions))
-            .collect();
-        println!("  TCP segments per transaction: {}", segments.join(", "));
+        println!(
+            "  TCP segments per transaction: {}",
+            per_route(&|run| format!("{:.2}", run.segments as f64 / run.transactions))
+        );
         // Every core busy with pgbouncer's path less pgbouncer's user time: the
         // most a proxy that makes the same system calls could reach, whatever
         // its own code costs.
