@@ -8,7 +8,8 @@
 //!
 //! Each figure is the median of `BENCH_PG_ROUNDS` (default 3) runs per route,
 //! interleaved; the TPS rows also print the gateway / pgbouncer ratio of each
-//! round, CPU and TCP segments per transaction, and the most a proxy making
+//! round, CPU per transaction (each proxy's, pgbench's and PostgreSQL's, the
+//! whole machine's), TCP segments per transaction, and the most a proxy making
 //! pgbouncer's system calls could reach (every core busy, no user space).
 //!
 //! `cargo bench --bench pg_ratio` (release). Knobs: `BENCH_PG_SECS` (seconds
@@ -136,6 +137,9 @@ struct Runs {
     machine: CpuTime,
     /// TCP segments the machine sent (every leg is loopback).
     segments: u64,
+    /// pgbench's CPU, and PostgreSQL's (the postmaster and its backends).
+    client: CpuTime,
+    server: CpuTime,
 }
 
 /// The machine's count of TCP segments sent so far (`OutSegs` in
@@ -311,6 +315,7 @@ fn main() {
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
 
     let pg = PgCluster::start();
+    let postmaster = pg.postmaster_pid();
     let direct = Route {
         name: "direct",
         conninfo: format!(
@@ -343,6 +348,23 @@ fn main() {
     // Warm every route (caches, the gateway's admin connection) before measuring.
     for r in &routes {
         pgbench(r, 2, 1, &[], None);
+    }
+    for r in &routes {
+        for _ in 0..3 {
+            let t = Instant::now();
+            let o = r
+                .command("psql")
+                .arg(&r.conninfo)
+                .args(["-X", "-c", "select 1"])
+                .output()
+                .expect("psql");
+            eprintln!(
+                "TEMP setup {} {:?} {}",
+                r.name,
+                t.elapsed(),
+                o.status.success()
+            );
+        }
     }
     let header = || {
         let names: Vec<String> = routes.iter().map(|r| format!("{:>12}", r.name)).collect();
@@ -378,11 +400,17 @@ fn main() {
         interleaved(&routes, rounds, |i, r| {
             let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
             let segments_before = tcp_segments_sent();
+            let (client_before, server_before) =
+                (ended_children_cpu(), process_tree_cpu(postmaster));
             let b = pgbench(r, 8, secs, args, None);
             let run = &mut runs[i];
             run.proxy = run.proxy + (proxy_cpu(r.name) - before);
             run.machine = run.machine + (machine_cpu() - machine_before);
             run.segments += tcp_segments_sent().saturating_sub(segments_before);
+            // Backends that ended with the run are reaped by then.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            run.client = run.client + (ended_children_cpu() - client_before);
+            run.server = run.server + (process_tree_cpu(postmaster) - server_before);
             run.transactions += b.tps * secs as f64;
             run.tps.push(b.tps);
         });
@@ -422,6 +450,16 @@ fn main() {
         println!(
             "  whole machine's CPU per transaction, µs: {}",
             per_route(&|run| format!("{:.1}", run.machine.total() * 1e6 / run.transactions))
+        );
+        // A proxy's cost does not stop at its own CPU: PostgreSQL and pgbench
+        // spend more per transaction behind one too.
+        println!(
+            "  pgbench + PostgreSQL CPU per transaction, µs: {}",
+            per_route(&|run| format!(
+                "{:.1} + {:.1}",
+                run.client.total() * 1e6 / run.transactions,
+                run.server.total() * 1e6 / run.transactions
+            ))
         );
         println!(
             "  TCP segments per transaction: {}",
@@ -467,7 +505,9 @@ fn main() {
         let cpu_before = gateway.cpu_seconds();
         let mut round_rates: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
         interleaved(&routes, rounds, |i, r| {
-            round_rates[i].push(copy_out(r, copy_mib))
+            let rate = copy_out(r, copy_mib);
+            eprintln!("TEMP {} {rate:.1}", r.name);
+            round_rates[i].push(rate)
         });
         let rates: Vec<f64> = round_rates.iter().map(|r| median(r)).collect();
         row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);

@@ -838,6 +838,33 @@ async fn busy_polling_saves_the_relay_its_sleeps_and_stops_when_the_session_goes
 }
 
 #[test]
+fn streamed_results_do_not_keep_the_relay_polling() {
+    let w = PgWorld::with_gateway(Gateway::start_with_postgres("busy_poll = \"5ms\""));
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+
+    // 300 rows of 20 kB, 2 ms apart: every read is a full 8 KiB buffer from
+    // PostgreSQL, and the gaps fall inside the 5 ms window. Polling through
+    // them (as for a query's reply) would leave the relay almost no sleeps.
+    let before = w.gateway.relay_sleeps();
+    let o = w
+        .psql("app_rw@pg-1", &token, "require")
+        .args([
+            "-c",
+            "COPY (SELECT repeat('x', 20000), pg_sleep(0.002) FROM generate_series(1, 300)) TO STDOUT",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .expect("psql");
+    assert!(o.status.success(), "copy: {}", stderr(&o));
+    let sleeps = w.gateway.relay_sleeps().saturating_sub(before);
+    assert!(
+        sleeps >= 150,
+        "the relay slept {sleeps} times over 300 streamed rows 2 ms apart"
+    );
+}
+
+#[test]
 fn a_session_is_relayed_by_the_thread_pinned_to_its_clients_core() {
     // Without busy polling every query costs the relay thread a sleep, which
     // shows which thread relayed it.

@@ -30,7 +30,9 @@
 //! a relayed round trip (a `pgbench -S -c 1` transaction through the gateway
 //! took 200 µs without polling and 130–150 µs with it, direct 150 µs). The
 //! kernel's `haltpoll` does the same for a guest's idle loop; hosts often turn
-//! it off, so the gateway does it for the sessions it relays.
+//! it off, so the gateway does it for the sessions it relays. Requests and
+//! replies arm it, streamed reads (COPY, large results) do not: spinning while
+//! a stream's producer fills the next buffer only takes the core from it.
 
 use std::cell::Cell;
 use std::future::Future;

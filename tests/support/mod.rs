@@ -237,18 +237,53 @@ impl std::ops::Sub for CpuTime {
 
 /// The CPU time a process (all its threads) has used so far.
 pub fn process_cpu(pid: u32) -> CpuTime {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are
-    // the 14th and 15th fields overall, in clock ticks (100 per second).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    stat_fields(&pid.to_string()).map_or(CpuTime::default(), |f| stat_cpu(&f, 11))
+}
+
+/// The CPU time of this process's children that have ended and been waited
+/// for (a finished `pgbench`, say).
+pub fn ended_children_cpu() -> CpuTime {
+    stat_fields("self").map_or(CpuTime::default(), |f| stat_cpu(&f, 13))
+}
+
+/// The CPU time a server process and its children (live, and ended ones it
+/// has waited for) have used so far: a postmaster and its backends, say.
+pub fn process_tree_cpu(parent: u32) -> CpuTime {
+    let mut total = stat_fields(&parent.to_string())
+        .map_or(CpuTime::default(), |f| stat_cpu(&f, 11) + stat_cpu(&f, 13));
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // The parent's pid is the second field after the command name.
+        match stat_fields(&pid) {
+            Some(f) if f.get(1) == Some(&u64::from(parent)) => total = total + stat_cpu(&f, 11),
+            _ => {}
+        }
+    }
+    total
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name (the
+/// state, which does not parse, reads as 0).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The user and kernel times at `fields[user]` and the next one, in clock
+/// ticks (100 per second): utime and stime at 11, cutime and cstime at 13.
+fn stat_cpu(fields: &[u64], user: usize) -> CpuTime {
+    let seconds = |i: usize| fields.get(i).copied().unwrap_or(0) as f64 / 100.0;
     CpuTime {
-        user: ticks(11),
-        system: ticks(12),
+        user: seconds(user),
+        system: seconds(user + 1),
     }
 }
 

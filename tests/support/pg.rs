@@ -112,6 +112,15 @@ impl PgCluster {
         panic!("postgres failed to start");
     }
 
+    /// The postmaster's process id (the first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> u32 {
+        let pid_file = self.dir.path().join("data/postmaster.pid");
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|pid| pid.lines().next()?.trim().parse().ok())
+            .expect("postmaster.pid")
+    }
+
     /// Registers this cluster as PostgreSQL target `name` on `gateway`: TLS
     /// verified against the cluster's certificate, the superuser as admin role
     /// with its password in a file; `extra` flags are added as given.

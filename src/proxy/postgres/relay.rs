@@ -32,6 +32,9 @@ pub const TAP_LIMIT: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes gathered from ready reads before they are written on.
 const BATCH_LIMIT: usize = 256 * 1024;
+/// Reads this big come from a stream (COPY, a large result: PostgreSQL sends
+/// its 8 KiB buffer whenever it fills), not from a request or a reply.
+const STREAMED_READ: usize = 8 * 1024;
 const CLIENT_CLOSED: &str = "client disconnected";
 
 /// One side of the relay: its stream and bytes already read from it.
@@ -361,17 +364,22 @@ impl<'a> Pump<'a> {
                 return End::Recording(e);
             }
             buf.reserve(READ_CHUNK);
+            let held = buf.len();
             match from.read_buf(&mut buf).await {
                 Ok(0) => return End::Closed(closed.to_string()),
-                Ok(_) => {
-                    self.activity.touch();
-                    relay_runtimes::relayed();
-                }
+                Ok(_) => self.activity.touch(),
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
             }
             match gather(from, &mut buf).await {
                 Ok(open) => at_end = !open,
                 Err(e) => return End::Closed(format!("{closed}: {e}")),
+            }
+            // Busy polling catches the reply of an exchange. A stream's next
+            // bytes come without it, and spinning for them takes the core from
+            // the process producing them (a 256 MiB COPY ran at 0.74 of direct
+            // with polling in one run, 0.93 without).
+            if buf.len() - held < STREAMED_READ {
+                relay_runtimes::relayed();
             }
         }
     }
