@@ -349,23 +349,6 @@ fn main() {
     for r in &routes {
         pgbench(r, 2, 1, &[], None);
     }
-    for r in &routes {
-        for _ in 0..3 {
-            let t = Instant::now();
-            let o = r
-                .command("psql")
-                .arg(&r.conninfo)
-                .args(["-X", "-c", "select 1"])
-                .output()
-                .expect("psql");
-            eprintln!(
-                "TEMP setup {} {:?} {}",
-                r.name,
-                t.elapsed(),
-                o.status.success()
-            );
-        }
-    }
     let header = || {
         let names: Vec<String> = routes.iter().map(|r| format!("{:>12}", r.name)).collect();
         println!("{:<36}{}   ratios to direct", "", names.join(""));
@@ -505,12 +488,21 @@ fn main() {
         let cpu_before = gateway.cpu_seconds();
         let mut round_rates: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
         interleaved(&routes, rounds, |i, r| {
-            let rate = copy_out(r, copy_mib);
-            eprintln!("TEMP {} {rate:.1}", r.name);
-            round_rates[i].push(rate)
+            round_rates[i].push(copy_out(r, copy_mib))
         });
         let rates: Vec<f64> = round_rates.iter().map(|r| median(r)).collect();
         row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);
+        if let Some(gw) = routes.iter().position(|r| r.name == "gateway") {
+            let per_round: Vec<String> = round_rates[gw]
+                .iter()
+                .zip(&round_rates[0])
+                .map(|(g, d)| format!("{:.2}", g / d))
+                .collect();
+            println!(
+                "  gateway / direct, round by round: {}",
+                per_round.join(", ")
+            );
+        }
         println!(
             "gateway CPU over the COPY runs: {:.2} s",
             gateway.cpu_seconds() - cpu_before
