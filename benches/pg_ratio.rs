@@ -142,6 +142,24 @@ struct Runs {
     server: CpuTime,
 }
 
+impl Runs {
+    /// `cpu`, one of this route's figures, spread over its transactions.
+    fn us_per_transaction(&self, cpu: CpuTime) -> f64 {
+        cpu.total() * 1e6 / self.transactions
+    }
+}
+
+/// Each round's `a / b`, same order.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
+}
+
+/// `"1.02, 0.97, 1.10"`.
+fn listed(ratios: &[f64]) -> String {
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    shown.join(", ")
+}
+
 /// The machine's count of TCP segments sent so far (`OutSegs` in
 /// `/proc/net/snmp`, whose `Tcp:` lines are a header and its values).
 fn tcp_segments_sent() -> u64 {
@@ -401,16 +419,10 @@ fn main() {
         row(what, &medians);
         let runs_by_name = |name| routes.iter().position(|r| r.name == name).map(|i| &runs[i]);
         if let (Some(bouncer), Some(gw)) = (runs_by_name("pgbouncer"), runs_by_name("gateway")) {
-            let per_round: Vec<f64> = gw
-                .tps
-                .iter()
-                .zip(&bouncer.tps)
-                .map(|(g, b)| g / b)
-                .collect();
-            let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            let per_round = ratios(&gw.tps, &bouncer.tps);
             println!(
                 "  gateway / pgbouncer, round by round: {} (median {:.2})",
-                shown.join(", "),
+                listed(&per_round),
                 median(&per_round)
             );
         }
@@ -432,7 +444,7 @@ fn main() {
         };
         println!(
             "  whole machine's CPU per transaction, µs: {}",
-            per_route(&|run| format!("{:.1}", run.machine.total() * 1e6 / run.transactions))
+            per_route(&|run| format!("{:.1}", run.us_per_transaction(run.machine)))
         );
         // A proxy's cost does not stop at its own CPU: PostgreSQL and pgbench
         // spend more per transaction behind one too.
@@ -440,8 +452,8 @@ fn main() {
             "  pgbench + PostgreSQL CPU per transaction, µs: {}",
             per_route(&|run| format!(
                 "{:.1} + {:.1}",
-                run.client.total() * 1e6 / run.transactions,
-                run.server.total() * 1e6 / run.transactions
+                run.us_per_transaction(run.client),
+                run.us_per_transaction(run.server)
             ))
         );
         println!(
@@ -493,14 +505,9 @@ fn main() {
         let rates: Vec<f64> = round_rates.iter().map(|r| median(r)).collect();
         row(&format!("COPY {copy_mib} MiB TO STDOUT (MiB/s)"), &rates);
         if let Some(gw) = routes.iter().position(|r| r.name == "gateway") {
-            let per_round: Vec<String> = round_rates[gw]
-                .iter()
-                .zip(&round_rates[0])
-                .map(|(g, d)| format!("{:.2}", g / d))
-                .collect();
             println!(
                 "  gateway / direct, round by round: {}",
-                per_round.join(", ")
+                listed(&ratios(&round_rates[gw], &round_rates[0]))
             );
         }
         println!(
