@@ -899,8 +899,11 @@ fn a_session_is_relayed_by_the_thread_pinned_to_its_clients_core() {
         let after = w.gateway.relay_sleeps_by_core();
         let grew = |c: &String| after[c].saturating_sub(before[c]);
         let others: u64 = cores.iter().filter(|c| *c != core).map(grew).sum();
+        // Not one sleep per query: on a busy machine (tests run in parallel) the
+        // next query can arrive before the relay thread gets to sleep (271 of
+        // 300 seen in CI).
         assert!(
-            grew(core) >= QUERIES && others < grew(core) / 4,
+            grew(core) >= QUERIES / 2 && others < grew(core) / 4,
             "client on core {core}: the relay threads slept {before:?} before, {after:?} after"
         );
     }
