@@ -172,6 +172,21 @@ pub struct PostgresConfig {
     /// CPU to save a wake-up per round trip. "0s" turns it off.
     #[serde(with = "serde_duration")]
     pub busy_poll: Duration,
+    /// What a Bind's note in the recording says about its parameters.
+    pub bind_parameters: BindParameters,
+    /// A Bind of a statement whose text contains one of these words
+    /// (case-insensitive) records `***` for every value.
+    pub mask_parameters_of: Vec<String>,
+}
+
+/// How Bind notes show parameter values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindParameters {
+    /// Each value, decoded where its type is known, masked per statement.
+    Values,
+    /// Only how many there are.
+    Count,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +307,20 @@ impl Default for PostgresConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             login_timeout: Duration::from_secs(60),
             busy_poll: Duration::from_micros(200),
+            bind_parameters: BindParameters::Values,
+            mask_parameters_of: [
+                "password",
+                "passwd",
+                "secret",
+                "token",
+                "credential",
+                "crypt",
+                "api_key",
+                "apikey",
+                "private_key",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -466,6 +495,32 @@ mod tests {
             let c = Config::load(Some(&path)).expect("valid");
             assert_eq!(c.postgres.busy_poll, Duration::from_micros(parsed));
         }
+    }
+
+    #[test]
+    fn bind_parameters_are_values_or_a_count_and_the_mask_words_replace_the_defaults() {
+        let defaults = Config::default().postgres;
+        assert_eq!(defaults.bind_parameters, BindParameters::Values);
+        assert!(
+            defaults
+                .mask_parameters_of
+                .contains(&"password".to_string())
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[postgres]\nbind_parameters = \"count\"\nmask_parameters_of = [\"ssn\"]\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&path)).expect("valid");
+        assert_eq!(c.postgres.bind_parameters, BindParameters::Count);
+        assert_eq!(c.postgres.mask_parameters_of, ["ssn"]);
+        std::fs::write(&path, "[postgres]\nbind_parameters = \"all\"\n").expect("write");
+        assert!(
+            Config::load(Some(&path)).is_err(),
+            "an unknown mode is refused"
+        );
     }
 
     #[test]

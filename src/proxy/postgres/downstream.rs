@@ -220,6 +220,7 @@ async fn handle(front: &PostgresFront, tcp: TcpStream, peer: SocketAddr) -> Resu
                 },
                 &session,
                 &activity,
+                &front.parameters,
             )
             .await
         }

@@ -6,15 +6,19 @@
 //! - `downstream`: TLS negotiation, startup, token check, refusals, cancel.
 //! - `upstream`: TCP (+ TLS) to the target, SCRAM-SHA-256 login, cancel forward.
 //! - `relay`: frames both ways as bytes, the audit tap, the end-of-grant FATAL.
+//! - `parameters`: Bind values for the recording, decoded or masked.
 //! - `tls`: rustls toward targets, for the relay and for admin connections.
 
 mod downstream;
+mod parameters;
 mod relay;
 pub mod tls;
 mod upstream;
 pub mod wire;
 
 pub use upstream::PostgresUpstream;
+
+use parameters::ParameterPolicy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +49,7 @@ pub struct PostgresFront {
     idle_timeout: Duration,
     login_timeout: Duration,
     busy_poll: Duration,
+    parameters: ParameterPolicy,
     cancels: CancelKeys,
 }
 
@@ -68,6 +73,7 @@ impl PostgresFront {
             idle_timeout: config.idle_timeout,
             login_timeout: config.login_timeout,
             busy_poll: config.busy_poll,
+            parameters: ParameterPolicy::from_config(config),
             cancels: CancelKeys::default(),
         }
     }

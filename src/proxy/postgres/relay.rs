@@ -7,7 +7,9 @@
 //! audit tap records are held whole, up to [`TAP_LIMIT`]: Query, Parse, Bind,
 //! Execute and FunctionCall from the client, CommandComplete and ErrorResponse
 //! from the target. They go to the session recording as notes; a recording
-//! failure ends the session (fail closed). Sync, ReadyForQuery and the COPY IN
+//! failure ends the session (fail closed). Describe, Close and the target's
+//! ParameterDescription are read too, so Bind notes can mask and decode values
+//! (see `parameters`). Sync, ReadyForQuery and the COPY IN
 //! hand-overs are watched (not recorded) to know when the target is working on
 //! something, which the idle timeout does not count as idleness.
 
@@ -21,6 +23,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Stream;
+use super::parameters::{ParameterPolicy, Statements};
 use super::wire::{self, MAX_FRAME_LEN, WireError};
 use crate::proxy::relay_runtimes;
 use crate::recording::RecordingError;
@@ -115,9 +118,17 @@ struct Tap<'a> {
     /// The client sent Terminate: whichever socket closes first after it, the
     /// client is the one that ended the session.
     terminated: AtomicBool,
+    /// Both directions: the client's Parse, Describe and Bind, the target's
+    /// ParameterDescription and ReadyForQuery.
+    statements: Mutex<Statements>,
+    parameters: &'a ParameterPolicy,
 }
 
 impl Tap<'_> {
+    fn statements(&self) -> std::sync::MutexGuard<'_, Statements> {
+        self.statements.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn note(&self, text: String) -> Result<(), RecordingError> {
         self.session.record(|r| r.note(text))
     }
@@ -129,6 +140,7 @@ impl Tap<'_> {
     fn client(&self, tag: u8, body: Result<&[u8], usize>) -> Result<(), RecordingError> {
         match tag {
             b'Q' | b'F' | b'S' => {
+                self.statements().requested();
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 self.activity.set_busy(true);
             }
@@ -153,23 +165,18 @@ impl Tap<'_> {
                 self.note(format!("query: {}", text(body).0))
             }
             b'P' => {
+                self.statements().parsed(body, self.parameters);
                 let (name, rest) = text(body);
                 self.note(format!("parse {name:?}: {}", text(rest).0))
             }
-            b'B' => {
-                let (portal, rest) = text(body);
-                let (statement, mut rest) = text(rest);
-                let formats = if rest.len() >= 2 {
-                    rest.get_u16() as usize
-                } else {
-                    0
-                };
-                rest = rest.get(formats * 2..).unwrap_or_default();
-                let params = if rest.len() >= 2 { rest.get_u16() } else { 0 };
-                // Values may be secrets (passwords, personal data): counted, not kept.
-                self.note(format!(
-                    "bind {portal:?} to {statement:?}: {params} parameter(s)"
-                ))
+            b'B' => self.note(self.statements().bind_note(body, self.parameters)),
+            b'D' => {
+                self.statements().describing(body);
+                Ok(())
+            }
+            b'C' => {
+                self.statements().closed(body);
+                Ok(())
             }
             b'E' => {
                 self.start();
@@ -193,6 +200,7 @@ impl Tap<'_> {
             return Ok(());
         }
         if tag == b'Z' {
+            self.statements().ready();
             let before = self.waiting.fetch_sub(1, Ordering::Relaxed);
             if before <= 1 {
                 // 0 too: a ReadyForQuery nobody asked for (none exists) must not wrap.
@@ -202,6 +210,10 @@ impl Tap<'_> {
             return Ok(());
         }
         let Ok(body) = body else { return Ok(()) };
+        if tag == b't' {
+            self.statements().described(body);
+            return Ok(());
+        }
         let took = self
             .started
             .lock()
@@ -232,6 +244,7 @@ pub async fn run(
     upstream: Ends,
     session: &SessionHandle,
     activity: &Activity,
+    parameters: &ParameterPolicy,
 ) -> String {
     let _relaying = relay_runtimes::relaying();
     let (mut down_read, mut down_write) = tokio::io::split(downstream.stream);
@@ -242,6 +255,8 @@ pub async fn run(
         waiting: AtomicU32::new(0),
         activity,
         terminated: AtomicBool::new(false),
+        statements: Mutex::default(),
+        parameters,
     };
     let mut to_client = Pump::new(activity, session);
     let mut from_client_pump = Pump::new(activity, session);
@@ -251,7 +266,7 @@ pub async fn run(
             &mut down_read,
             &mut up_write,
             downstream.pending,
-            b"QPBEFScfX",
+            b"QPBDCEFScfX",
             |t, b| tap.client(t, b),
             CLIENT_CLOSED,
         );
@@ -259,7 +274,7 @@ pub async fn run(
             &mut up_read,
             &mut down_write,
             upstream.pending,
-            b"CEGZ",
+            b"CEGZt",
             |t, b| tap.target_side(t, b),
             "the target closed the connection",
         );
