@@ -549,6 +549,47 @@ async fn drivers_get_prepared_statements_cancel_and_sqlstates_from_the_wire() {
 }
 
 #[test]
+fn ctrl_c_in_psql_cancels_the_running_query_upstream() {
+    let w = PgWorld::new();
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let psql = w
+        .psql("app_rw@pg-1", &token, "require")
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+    assert!(wait_until(Duration::from_secs(10), || w
+        .pg
+        .sql(running)
+        .trim()
+        == "1"));
+    // What Ctrl-C does: psql's SIGINT handler sends a CancelRequest with the
+    // BackendKeyData it got, on a new connection (libpq 15: without TLS).
+    let interrupted = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &psql.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = psql.wait_with_output().expect("psql");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        interrupted.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+    assert_eq!(w.pg.sql(running).trim(), "0", "the query stopped upstream");
+}
+
+#[test]
 fn revoking_the_grant_ends_the_session_with_a_fatal_error_within_a_second() {
     let w = PgWorld::new();
     let grant = w.grant("app_rw", "30m");
