@@ -389,6 +389,80 @@ fn gssenc_is_declined_and_bytes_smuggled_behind_sslrequest_are_refused() {
 }
 
 #[test]
+fn a_newer_protocol_and_unknown_options_are_negotiated_down_to_3_0() {
+    use std::io::{Read, Write};
+    let w = PgWorld::new();
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", w.gateway.pg_port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp.write_all(&[8u32.to_be_bytes(), 80_877_103u32.to_be_bytes()].concat())
+        .expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"S");
+    let name = drawbridge::proxy::postgres::tls::server_name("127.0.0.1").expect("name");
+    let tls =
+        rustls::ClientConnection::new(std::sync::Arc::new(w.gateway_tls()), name).expect("tls");
+    let mut s = rustls::StreamOwned::new(tls, tcp);
+
+    // What a PostgreSQL 18 client asking for 3.2 with an option sends.
+    let body = [
+        &(3u32 << 16 | 2).to_be_bytes()[..],
+        b"user\0app_rw@pg-1\0database\0postgres\0_pq_.test_option\0on\0\0",
+    ]
+    .concat();
+    let len = (body.len() + 4) as u32;
+    s.write_all(&[&len.to_be_bytes()[..], &body].concat())
+        .expect("startup");
+    fn frame(s: &mut impl Read) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).expect("frame header");
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).expect("frame body");
+        (head[0], body)
+    }
+    // NegotiateProtocolVersion: 3.0 (as PostgreSQL 15 sends it: the whole
+    // version number), and the one option not recognised.
+    let (tag, body) = frame(&mut s);
+    assert_eq!(tag, b'v', "{body:?}");
+    assert_eq!(
+        body,
+        [
+            &(3u32 << 16).to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            b"_pq_.test_option\0"
+        ]
+        .concat()
+    );
+    let (tag, body) = frame(&mut s);
+    assert_eq!(
+        (tag, body),
+        (b'R', 3u32.to_be_bytes().to_vec()),
+        "cleartext password"
+    );
+    let password = [token.as_bytes(), b"\0"].concat();
+    let len = (password.len() + 4) as u32;
+    s.write_all(&[&[b'p'][..], &len.to_be_bytes(), &password].concat())
+        .expect("password");
+    let query = b"SELECT 40 + 2\0";
+    let len = (query.len() + 4) as u32;
+    s.write_all(&[&[b'Q'][..], &len.to_be_bytes(), query].concat())
+        .expect("query");
+    // The session runs on 3.0 upstream: the query's row comes back.
+    let mut frames = Vec::new();
+    while frames.iter().filter(|(t, _)| *t == b'Z').count() < 2 {
+        let (tag, body) = frame(&mut s);
+        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+        frames.push((tag, body));
+    }
+    let row = frames.iter().find(|(t, _)| *t == b'D').expect("a DataRow");
+    assert!(row.1.ends_with(b"42"), "{:?}", row.1);
+}
+
+#[test]
 fn every_refusal_has_a_sqlstate_and_says_what_to_do() {
     let w = PgWorld::new();
     let token = w.token(&w.alice);
