@@ -724,6 +724,71 @@ fn leftover_roles_are_swept_when_the_gateway_starts() {
     assert!(swept, "leftover role swept: {:?}", w.pg.drawbridge_roles());
 }
 
+#[test]
+fn notifications_notices_and_parameter_changes_reach_psql() {
+    let w = PgWorld::new();
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let script = w.gateway.path("async.sql");
+    std::fs::write(
+        &script,
+        "LISTEN deploys;\n\
+         SELECT pg_sleep(2);\n\
+         DO $$ BEGIN RAISE NOTICE 'careful: %', 6 * 7; END $$;\n\
+         SET client_encoding = 'LATIN1';\n\
+         \\echo encoding :ENCODING\n",
+    )
+    .expect("script");
+    let psql = w
+        .psql("app_rw@pg-1", &token, "require")
+        .arg("-f")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    // Sent by another session straight to PostgreSQL while psql's session sits
+    // in pg_sleep: the notification arrives unasked on the relayed connection.
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE query = 'SELECT pg_sleep(2);' AND state = 'active'";
+    assert!(wait_until(Duration::from_secs(10), || w.pg.sql(sleeping) == "1"));
+    w.pg.sql("NOTIFY deploys, 'v42 is out'");
+    let out = psql.wait_with_output().expect("psql");
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    let (printed, warned) = (stdout(&out), stderr(&out));
+    assert!(
+        printed.contains("Asynchronous notification \"deploys\" with payload \"v42 is out\""),
+        "{printed}"
+    );
+    assert!(warned.contains("NOTICE:  careful: 42"), "{warned}");
+    // psql's ENCODING follows the ParameterStatus the SET made the server send.
+    assert!(printed.contains("encoding LATIN1"), "{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_hand_out_rows_in_batches_of_the_asked_size() {
+    let w = PgWorld::new();
+    w.grant("app_rw", "30m");
+    let token = w.token(&w.alice);
+    let mut client = w.client("app_rw@pg-1", &token).await.expect("connect");
+    let tx = client.transaction().await.expect("begin");
+    let portal = tx
+        .bind("SELECT generate_series(1, 7)", &[])
+        .await
+        .expect("bind");
+    let mut batches = Vec::new();
+    loop {
+        // Execute with a row limit: PortalSuspended after each full batch.
+        let rows = tx.query_portal(&portal, 3).await.expect("execute");
+        if rows.is_empty() {
+            break;
+        }
+        batches.push(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>());
+    }
+    assert_eq!(batches, [vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+    tx.commit().await.expect("commit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drivers_pipeline_queries_use_binary_formats_and_direct_tls() {
     let w = PgWorld::new();
