@@ -919,7 +919,7 @@ fn an_expired_grant_ends_a_running_query_with_a_fatal_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ephemeral_role_cannot_log_in_after_valid_until() {
+async fn a_crashed_gateways_role_cannot_log_in_after_valid_until_and_is_swept_at_restart() {
     let mut w = PgWorld::new();
     let grant = w.grant("app_rw", "15s");
     let token = w.token(&w.alice);
@@ -975,6 +975,16 @@ async fn the_ephemeral_role_cannot_log_in_after_valid_until() {
             .contains(&format!("User \"{role}\" has an expired password")),
         "{}",
         w.pg.log()
+    );
+    // The next start sweeps what the crash left.
+    w.gateway.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || !w
+            .pg
+            .drawbridge_roles()
+            .contains(&role)),
+        "swept after the restart: {:?}",
+        w.pg.drawbridge_roles()
     );
 }
 
