@@ -106,6 +106,12 @@ impl Statements {
 
     pub fn describing(&mut self, body: &[u8]) {
         if let Some(name) = Self::statement_named(body) {
+            // Bounded even for a client that never sends Sync. Past the bound
+            // types can go to the wrong statement: a value may be decoded
+            // wrongly, never unmasked (masking does not use types).
+            if self.describing.len() >= STATEMENTS_LIMIT {
+                self.describing.pop_front();
+            }
             self.describing
                 .push_back((self.requests_sent, name.to_string()));
         }

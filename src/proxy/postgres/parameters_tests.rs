@@ -248,3 +248,12 @@ fn long_values_are_cut_on_a_character_boundary_and_binary_ones_at_half_the_limit
     );
     assert_eq!(note, expected);
 }
+
+#[test]
+fn describes_never_answered_are_bounded() {
+    let mut s = Statements::default();
+    for _ in 0..=STATEMENTS_LIMIT {
+        s.describing(&statement("s"));
+    }
+    assert_eq!(s.describing.len(), STATEMENTS_LIMIT);
+}
