@@ -620,6 +620,14 @@ async fn drivers_get_prepared_statements_cancel_and_sqlstates_from_the_wire() {
         !recorded.contains("hunter2"),
         "masked values are not recorded"
     );
+    // An auditor finds the session by a value it bound.
+    let found = w.gateway.admin(&["search", "'eleven'"]);
+    assert!(found.status.success(), "{}", stderr(&found));
+    assert!(
+        stdout(&found).contains("$2 = 'eleven'"),
+        "{}",
+        stdout(&found)
+    );
 }
 
 #[test]
