@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::pg::PgCluster;
@@ -83,6 +83,24 @@ impl PgWorld {
             .current_dir(self.gateway.dir.path())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// psql running `sql` through the gateway in the background, output piped.
+    fn psql_spawn(&self, user: &str, password: &str, sql: &str) -> Child {
+        self.psql(user, password, "require")
+            .args(["-c", sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql")
+    }
+
+    /// How many backends are running exactly `statement` right now.
+    fn running(&self, statement: &str) -> usize {
+        let count = self.pg.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = '{statement}' AND state = 'active'"
+        ));
+        count.parse().expect("count")
     }
 
     fn psql_run(&self, user: &str, password: &str, sql: &str) -> Output {
@@ -635,20 +653,10 @@ fn ctrl_c_in_psql_cancels_the_running_query_upstream() {
     let w = PgWorld::new();
     w.grant("app_rw", "30m");
     let token = w.token(&w.alice);
-    let psql = w
-        .psql("app_rw@pg-1", &token, "require")
-        .args(["-c", "SELECT pg_sleep(30)"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    let running = "SELECT count(*) FROM pg_stat_activity \
-                   WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+    let psql = w.psql_spawn("app_rw@pg-1", &token, "SELECT pg_sleep(30)");
     assert!(wait_until(Duration::from_secs(10), || w
-        .pg
-        .sql(running)
-        .trim()
-        == "1"));
+        .running("SELECT pg_sleep(30)")
+        == 1));
     // What Ctrl-C does: psql's SIGINT handler sends a CancelRequest with the
     // BackendKeyData it got, on a new connection (libpq 15: without TLS).
     let interrupted = Instant::now();
@@ -668,7 +676,11 @@ fn ctrl_c_in_psql_cancels_the_running_query_upstream() {
         err.contains("canceling statement due to user request"),
         "{err}"
     );
-    assert_eq!(w.pg.sql(running).trim(), "0", "the query stopped upstream");
+    assert_eq!(
+        w.running("SELECT pg_sleep(30)"),
+        0,
+        "the query stopped upstream"
+    );
 }
 
 #[test]
@@ -676,13 +688,7 @@ fn revoking_the_grant_ends_the_session_with_a_fatal_error_within_a_second() {
     let w = PgWorld::new();
     let grant = w.grant("app_rw", "30m");
     let token = w.token(&w.alice);
-    let session = w
-        .psql("app_rw@pg-1", &token, "require")
-        .args(["-c", "SELECT pg_sleep(20)"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
+    let session = w.psql_spawn("app_rw@pg-1", &token, "SELECT pg_sleep(20)");
     assert!(wait_until(Duration::from_secs(10), || w
         .pg
         .drawbridge_roles()
@@ -757,9 +763,9 @@ fn notifications_notices_and_parameter_changes_reach_psql() {
         .expect("psql");
     // Sent by another session straight to PostgreSQL while psql's session sits
     // in pg_sleep: the notification arrives unasked on the relayed connection.
-    let sleeping = "SELECT count(*) FROM pg_stat_activity \
-                    WHERE query = 'SELECT pg_sleep(2);' AND state = 'active'";
-    assert!(wait_until(Duration::from_secs(10), || w.pg.sql(sleeping) == "1"));
+    assert!(wait_until(Duration::from_secs(10), || w
+        .running("SELECT pg_sleep(2);")
+        == 1));
     w.pg.sql("NOTIFY deploys, 'v42 is out'");
     let out = psql.wait_with_output().expect("psql");
     assert!(out.status.success(), "psql: {}", stderr(&out));
