@@ -18,7 +18,7 @@ const VALUE_LIMIT: usize = 256;
 const STATEMENTS_LIMIT: usize = 4096;
 
 /// What the configuration says Bind notes may show.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ParameterPolicy {
     values: bool,
     /// Lowercase words that mark a statement's parameters as secret.
@@ -159,34 +159,17 @@ impl Statements {
         if !policy.values {
             return format!("{head} {} parameter(s)", bind.values.len());
         }
-        if bind.values.is_empty() {
-            return format!("{head} no parameters");
+        match self.by_name.get(name) {
+            _ if bind.values.is_empty() => format!("{head} no parameters"),
+            Some(statement) if !statement.masked => {
+                format!("{head} {}", bind.shown(&statement.types))
+            }
+            Some(_) => format!("{head} {}", bind.masked()),
+            None => format!(
+                "{head} {} (statement not seen by the gateway)",
+                bind.masked()
+            ),
         }
-        let statement = self.by_name.get(name);
-        let masked = statement.is_none_or(|s| s.masked);
-        let types = statement.map_or(&[][..], |s| &s.types);
-        let shown: Vec<String> = bind
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let shown = match value {
-                    _ if masked => "***".to_string(),
-                    None => "NULL".to_string(),
-                    Some(bytes) if bind.is_binary(i) => {
-                        binary_value(types.get(i).copied().unwrap_or(0), bytes)
-                    }
-                    Some(bytes) => text_value(bytes),
-                };
-                format!("${} = {shown}", i + 1)
-            })
-            .collect();
-        let unknown = if statement.is_none() {
-            " (statement not seen by the gateway)"
-        } else {
-            ""
-        };
-        format!("{head} {}{unknown}", shown.join(", "))
     }
 }
 
@@ -212,6 +195,34 @@ impl<'a> BindValues<'a> {
             })
             .collect::<Option<_>>()?;
         Some(BindValues { formats, values })
+    }
+
+    /// `$1 = 42, $2 = 'text', $3 = NULL`, binary values decoded by `types`.
+    fn shown(&self, types: &[u32]) -> String {
+        let shown: Vec<String> = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let shown = match value {
+                    None => "NULL".to_string(),
+                    Some(bytes) if self.is_binary(i) => {
+                        binary_value(types.get(i).copied().unwrap_or(0), bytes)
+                    }
+                    Some(bytes) => text_value(bytes),
+                };
+                format!("${} = {shown}", i + 1)
+            })
+            .collect();
+        shown.join(", ")
+    }
+
+    /// `$1 = ***, $2 = ***`: positions kept, values not.
+    fn masked(&self) -> String {
+        let masked: Vec<String> = (1..=self.values.len())
+            .map(|n| format!("${n} = ***"))
+            .collect();
+        masked.join(", ")
     }
 
     /// No codes: all text; one: it applies to all; otherwise one per value.
