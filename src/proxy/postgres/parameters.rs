@@ -150,8 +150,10 @@ impl Statements {
     /// The note for a Bind frame's body.
     pub fn bind_note(&self, body: &[u8], policy: &ParameterPolicy) -> String {
         let mut fields = Fields(body);
-        let portal = fields.cstr().unwrap_or("");
-        let name = fields.cstr().unwrap_or("");
+        // Strict: guessing a name could show values under the wrong statement.
+        let (Some(portal), Some(name)) = (fields.cstr(), fields.cstr()) else {
+            return "bind: malformed".to_string();
+        };
         let head = format!("bind {portal:?} to {name:?}:");
         let Some(bind) = BindValues::read(&mut fields) else {
             return format!("{head} malformed parameters");

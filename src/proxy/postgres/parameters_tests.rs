@@ -223,10 +223,13 @@ fn malformed_binds_are_noted_not_fatal() {
         s.bind_note(&body, &policy()),
         "bind \"\" to \"\": malformed parameters"
     );
-    assert_eq!(
-        s.bind_note(b"", &policy()),
-        "bind \"\" to \"\": malformed parameters"
-    );
+    assert_eq!(s.bind_note(b"", &policy()), "bind: malformed");
+    // A name that is not UTF-8 is not taken for the unnamed statement.
+    let mut s = Statements::default();
+    s.parsed(&parse("", "select $1", &[]), &policy());
+    let mut body = bind("", &[], &[Some(b"hunter2")]);
+    body[1] = 0xff;
+    assert_eq!(s.bind_note(&body, &policy()), "bind: malformed");
 }
 
 #[test]
