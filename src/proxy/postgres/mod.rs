@@ -18,8 +18,6 @@ pub mod wire;
 
 pub use upstream::PostgresUpstream;
 
-use parameters::ParameterPolicy;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +28,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::PostgresConfig;
+use crate::proxy::postgres::parameters::ParameterPolicy;
 use crate::proxy::relay_runtimes::relay_runtimes;
 use crate::session::Pipeline;
 use crate::store::Store;
