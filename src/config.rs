@@ -169,9 +169,10 @@ pub struct PostgresConfig {
     pub login_timeout: Duration,
     /// After relaying, keep polling the sessions' sockets this long before
     /// sleeping (see the README's PostgreSQL performance notes); it spends idle
-    /// CPU to save a wake-up per round trip. "0s" turns it off.
-    #[serde(with = "serde_duration")]
-    pub busy_poll: Duration,
+    /// CPU to save a wake-up per round trip. "auto" (the default) measures at
+    /// startup whether wake-ups here cost enough for that to pay; "0s" turns
+    /// it off.
+    pub busy_poll: BusyPollSetting,
     /// What a Bind's note in the recording says about its parameters.
     pub bind_parameters: BindParameters,
     /// A Bind of a statement whose text contains one of these words
@@ -187,6 +188,25 @@ pub enum BindParameters {
     Values,
     /// Only how many there are.
     Count,
+}
+
+/// `busy_poll`: a window, or "auto".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BusyPollSetting {
+    Auto,
+    Window(Duration),
+}
+
+impl TryFrom<String> for BusyPollSetting {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(BusyPollSetting::Auto);
+        }
+        crate::time::parse_duration(&s).map(BusyPollSetting::Window)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,7 +326,7 @@ impl Default for PostgresConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30 * 60),
             login_timeout: Duration::from_secs(60),
-            busy_poll: Duration::from_micros(200),
+            busy_poll: BusyPollSetting::Auto,
             bind_parameters: BindParameters::Values,
             mask_parameters_of: [
                 "password",
@@ -483,18 +503,22 @@ mod tests {
     }
 
     #[test]
-    fn busy_polling_takes_microseconds_and_turns_off_with_zero() {
-        assert_eq!(
-            Config::default().postgres.busy_poll,
-            Duration::from_micros(200)
-        );
+    fn busy_polling_is_auto_by_default_or_takes_a_window() {
+        assert_eq!(Config::default().postgres.busy_poll, BusyPollSetting::Auto);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
-        for (value, parsed) in [("150us", 150), ("0s", 0)] {
+        for (value, parsed) in [
+            ("auto", BusyPollSetting::Auto),
+            ("150us", BusyPollSetting::Window(Duration::from_micros(150))),
+            ("0s", BusyPollSetting::Window(Duration::ZERO)),
+        ] {
             std::fs::write(&path, format!("[postgres]\nbusy_poll = \"{value}\"\n")).expect("write");
             let c = Config::load(Some(&path)).expect("valid");
-            assert_eq!(c.postgres.busy_poll, Duration::from_micros(parsed));
+            assert_eq!(c.postgres.busy_poll, parsed);
         }
+        std::fs::write(&path, "[postgres]\nbusy_poll = \"sometimes\"\n").expect("write");
+        let err = Config::load(Some(&path)).expect_err("invalid").to_string();
+        assert!(err.contains("sometimes"), "{err}");
     }
 
     #[test]

@@ -1126,6 +1126,45 @@ fn a_session_is_relayed_by_the_thread_pinned_to_its_clients_core() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_busy_polling_measures_a_wake_up_at_startup_and_polls_as_it_says() {
+    let (w, client, _connection) = PgWorld::alice_on_app_rw("").await;
+    let measured = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("measured a wake-up across cores"))
+            .map(str::to_string)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || measured(&w.gateway.log())
+            .is_some()),
+        "no measurement logged: {}",
+        w.gateway.log()
+    );
+    let line = measured(&w.gateway.log()).expect("logged");
+    assert!(line.contains("round_trip_us="), "{line}");
+    let polls = line.contains("busy_poll=\"on\"");
+    assert!(polls || line.contains("busy_poll=\"off\""), "{line}");
+
+    // Whichever it chose is what the relay does. Not polling, it sleeps twice
+    // per query (waiting for the client, then for the target); polling, less
+    // than once, even on a loaded machine with the 200 µs window.
+    const QUERIES: u64 = 200;
+    client.simple_query("SELECT 1").await.expect("warm up");
+    let before = w.gateway.relay_sleeps();
+    for _ in 0..QUERIES {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    let sleeps = w.gateway.relay_sleeps().saturating_sub(before);
+    if polls {
+        assert!(sleeps < QUERIES, "polling, yet {sleeps} sleeps: {line}");
+    } else {
+        assert!(
+            sleeps >= QUERIES,
+            "not polling, yet {sleeps} sleeps: {line}"
+        );
+    }
+}
+
 /// A TCP forwarder that keeps the first 8 bytes each connection sent, to see
 /// how the gateway talks to the target. It forwards everything unchanged.
 struct Observer {

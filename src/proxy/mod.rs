@@ -5,3 +5,4 @@ pub mod http;
 pub mod postgres;
 pub mod relay_runtimes;
 pub mod ssh;
+mod wake_up_cost;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::PostgresConfig;
+use crate::config::{BusyPollSetting, PostgresConfig};
 use crate::proxy::postgres::parameters::ParameterPolicy;
 use crate::proxy::relay_runtimes::relay_runtimes;
 use crate::session::Pipeline;
@@ -47,7 +47,7 @@ pub struct PostgresFront {
     connect_timeout: Duration,
     idle_timeout: Duration,
     login_timeout: Duration,
-    busy_poll: Duration,
+    busy_poll: BusyPollSetting,
     parameters: ParameterPolicy,
     cancels: CancelKeys,
 }
