@@ -33,9 +33,9 @@
 //! it off, so the gateway does it for the sessions it relays. Requests and
 //! replies arm it, streamed reads (COPY, large results) do not: spinning while
 //! a stream's producer fills the next buffer only takes the core from it.
-//! Where wake-ups are cheap, polling only competes for the cores (a
-//! transaction through the gateway took 10–20 µs longer with it on such a
-//! VM), so by default the gateway measures a wake-up at startup
+//! Where wake-ups are cheap, polling's effect on latency is within the noise
+//! (on two such VMs it changed sign from one hour to the next) while it keeps
+//! a core spinning, so by default the gateway measures a wake-up at startup
 //! ([`wake_up_cost`]) and polls only where it is slow.
 
 use std::cell::Cell;
@@ -193,8 +193,8 @@ pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
 /// A round trip between two cores slower than this means idle cores halt into
 /// the hypervisor. Measured (lower decile): 36.7 µs on a VM where polling took
 /// a relayed `pgbench -S -c 1` transaction from 62 µs above direct to 0–5 µs;
-/// 16–17 µs on one where it added 10–20 µs; 11.5–12.9 µs on one where it
-/// added 10 µs in the morning and saved 12 in the afternoon.
+/// 11.5–12.9 and 16–17 µs on two where it added 10–23 µs in some hours and
+/// saved 6–14 µs in others.
 const SLOW_ROUND_TRIP: Duration = Duration::from_micros(25);
 
 /// Busy polling's window for `Auto`: [`AUTO_WINDOW`] or zero (off).
