@@ -13,6 +13,9 @@ use crate::recording::format;
 
 /// Longer values are cut, with their full length noted.
 const VALUE_LIMIT: usize = 256;
+/// A Bind note's values stop at about this many bytes, with how many more
+/// there were.
+const NOTE_LIMIT: usize = 64 * 1024;
 /// Prepared statements remembered per session; beyond it the oldest go, and
 /// Binds of a forgotten statement are masked.
 const STATEMENTS_LIMIT: usize = 4096;
@@ -201,30 +204,23 @@ impl<'a> BindValues<'a> {
 
     /// `$1 = 42, $2 = 'text', $3 = NULL`, binary values decoded by `types`.
     fn shown(&self, types: &[u32]) -> String {
-        let shown: Vec<String> = self
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let shown = match value {
-                    None => "NULL".to_string(),
-                    Some(bytes) if self.is_binary(i) => {
-                        binary_value(types.get(i).copied().unwrap_or(0), bytes)
-                    }
-                    Some(bytes) => text_value(bytes),
-                };
-                format!("${} = {shown}", i + 1)
-            })
-            .collect();
-        shown.join(", ")
+        let shown = self.values.iter().enumerate().map(|(i, value)| {
+            let shown = match value {
+                None => "NULL".to_string(),
+                Some(bytes) if self.is_binary(i) => {
+                    binary_value(types.get(i).copied().unwrap_or(0), bytes)
+                }
+                Some(bytes) => text_value(bytes),
+            };
+            format!("${} = {shown}", i + 1)
+        });
+        listed(shown, self.values.len())
     }
 
     /// `$1 = ***, $2 = ***`: positions kept, values not.
     fn masked(&self) -> String {
-        let masked: Vec<String> = (1..=self.values.len())
-            .map(|n| format!("${n} = ***"))
-            .collect();
-        masked.join(", ")
+        let masked = (1..=self.values.len()).map(|n| format!("${n} = ***"));
+        listed(masked, self.values.len())
     }
 
     /// No codes: all text; one: it applies to all; otherwise one per value.
@@ -236,6 +232,23 @@ impl<'a> BindValues<'a> {
         };
         code == 1
     }
+}
+
+/// `items` joined with commas, up to [`NOTE_LIMIT`] bytes: a Bind of
+/// thousands of small values must not make a note many times its size.
+fn listed(items: impl Iterator<Item = String>, count: usize) -> String {
+    let mut out = String::new();
+    for (n, item) in items.enumerate() {
+        if out.len() >= NOTE_LIMIT {
+            out.push_str(&format!(", … {} more", count - n));
+            break;
+        }
+        if n > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&item);
+    }
+    out
 }
 
 /// A text-format value, quoted as SQL would (hex if it is not UTF-8).

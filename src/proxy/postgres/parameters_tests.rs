@@ -260,3 +260,20 @@ fn describes_never_answered_are_bounded() {
     }
     assert_eq!(s.describing.len(), STATEMENTS_LIMIT);
 }
+
+#[test]
+fn a_bind_of_thousands_of_values_makes_a_bounded_note() {
+    let mut s = Statements::default();
+    s.parsed(&parse("", "insert into t values ($1, …)", &[]), &policy());
+    let values = vec![None; 60_000];
+    let note = s.bind_note(&bind("", &[], &values), &policy());
+    assert!(note.len() < NOTE_LIMIT + 100, "{} bytes", note.len());
+    assert!(note.starts_with("bind \"\" to \"\": $1 = NULL, $2 = NULL"));
+    let more: usize = note
+        .rsplit_once(", … ")
+        .and_then(|(_, tail)| tail.strip_suffix(" more"))
+        .and_then(|n| n.parse().ok())
+        .expect("how many more");
+    let shown = note.matches(" = NULL").count();
+    assert_eq!(shown + more, 60_000);
+}
