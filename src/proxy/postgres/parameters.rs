@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::wire;
 use crate::config::{BindParameters, PostgresConfig};
 use crate::recording::format;
 
@@ -339,9 +340,8 @@ impl<'a> Fields<'a> {
     }
 
     fn cstr(&mut self) -> Option<&'a str> {
-        let end = self.0.iter().position(|b| *b == 0)?;
-        let text = std::str::from_utf8(&self.0[..end]).ok()?;
-        self.0 = &self.0[end + 1..];
+        let (text, rest) = wire::cstr(self.0)?;
+        self.0 = rest;
         Some(text)
     }
 }
