@@ -207,6 +207,12 @@ impl Recorder {
         &self.path
     }
 
+    /// The instant the recording's times count from.
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Appends one record that happened at `at`, then a checkpoint if one is due by count.
     /// Only event bodies are accepted: starts, checkpoints and seals are the writer's own.
     pub fn append(&mut self, at: Instant, body: Body) -> Result<(), RecordingError> {
