@@ -1141,7 +1141,10 @@ async fn auto_busy_polling_measures_a_wake_up_at_startup_and_polls_as_it_says() 
         w.gateway.log()
     );
     let line = measured(&w.gateway.log()).expect("logged");
-    assert!(line.contains("round_trip_us="), "{line}");
+    assert!(
+        line.contains("same_core_us=") && line.contains("cross_core_us="),
+        "{line}"
+    );
     let polls = line.contains("busy_poll=\"on\"");
     assert!(polls || line.contains("busy_poll=\"off\""), "{line}");
 

@@ -1,12 +1,15 @@
 //! What it costs here for one thread to wake another that sleeps on a different
 //! core: the measurement behind `busy_poll = "auto"`.
 //!
-//! Two threads, pinned to two cores, pass a byte back and forth over a socket
-//! pair, each sleeping in `read` until the other writes. On bare metal and on
-//! VMs whose idle cores poll before halting a round trip takes a few
-//! microseconds; where an idle virtual core halts into the hypervisor, a
-//! wake-up takes an interrupt through it and the round trip 30–40 µs. Busy
-//! polling pays only in the second case (README, PostgreSQL figures).
+//! Two threads pass a byte back and forth over a socket pair, each sleeping in
+//! `read` until the other writes: once both pinned to one core, once pinned to
+//! two. On one core a round trip is two context switches; across cores it also
+//! wakes the idle core, and what that adds is what busy polling saves. On bare
+//! metal and on VMs whose idle cores poll before halting it adds a few
+//! microseconds; where an idle virtual core halts into the hypervisor it takes an
+//! interrupt through it and adds 15–30 µs. Busy polling pays only in the second
+//! case (README, PostgreSQL figures). The difference, not the cross-core figure
+//! alone, tells them apart: on a VM that is slow all round both trips are slow.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,16 +22,38 @@ use super::relay_runtimes::pin_to;
 const WARM_UP: usize = 100;
 const MEASURED: usize = 501;
 
-/// The lower decile of round trips between two cores, or `None` when the
-/// process may run on only one (polling there would take the core from the peer it waits for).
-/// Takes 50 ms at most where wake-ups are slow. Pins the calling thread: call it
-/// on a thread of its own.
-pub fn cross_core_round_trip() -> std::io::Result<Option<Duration>> {
+/// Round trips between two sleeping threads (lower deciles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeUpCost {
+    pub same_core: Duration,
+    pub cross_core: Duration,
+}
+
+impl WakeUpCost {
+    /// What waking a thread on an idle core adds to a round trip.
+    pub fn idle_core_penalty(&self) -> Duration {
+        self.cross_core.saturating_sub(self.same_core)
+    }
+}
+
+/// Measures both round trips, or `None` when the process may run on only one
+/// core (polling there would take the core from the peer it waits for). Takes
+/// 50 ms at most where wake-ups are slow. Pins the calling thread: call it on a
+/// thread of its own.
+pub fn measure() -> std::io::Result<Option<WakeUpCost>> {
     let allowed = sched_getaffinity(None)?;
     let mut cores = (0..CpuSet::MAX_CPU).filter(|&c| allowed.is_set(c));
     let (Some(here), Some(there)) = (cores.next(), cores.next()) else {
         return Ok(None);
     };
+    Ok(Some(WakeUpCost {
+        same_core: round_trip(here, here)?,
+        cross_core: round_trip(here, there)?,
+    }))
+}
+
+/// The lower decile of round trips with the caller on `here` and its echo on `there`.
+fn round_trip(here: usize, there: usize) -> std::io::Result<Duration> {
     let (mut near, mut far) = UnixStream::pair()?;
     let echo = std::thread::Builder::new()
         .name("wake-up-echo".into())
@@ -58,7 +83,7 @@ pub fn cross_core_round_trip() -> std::io::Result<Option<Duration>> {
     // Not the median: on a busy machine some trips wait for a core's current
     // task to finish its slice, and those must not read as slow wake-ups.
     trips.sort();
-    Ok(Some(trips[trips.len() / 10]))
+    Ok(trips[trips.len() / 10])
 }
 
 #[cfg(test)]
@@ -66,19 +91,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_round_trip_between_two_cores_takes_microseconds() {
-        let trip = std::thread::spawn(cross_core_round_trip)
+    fn round_trips_on_one_core_and_across_two_take_microseconds() {
+        let cost = std::thread::spawn(measure)
             .join()
             .expect("measuring thread")
             .expect("measured");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        match trip {
+        match cost {
             // Bounds far apart: a wrong unit or a measurement of nothing fails.
-            Some(trip) => assert!(
-                trip > Duration::from_nanos(200) && trip < Duration::from_millis(5),
-                "{trip:?}"
-            ),
+            Some(cost) => {
+                for trip in [cost.same_core, cost.cross_core] {
+                    assert!(
+                        trip > Duration::from_nanos(200) && trip < Duration::from_millis(5),
+                        "{cost:?}"
+                    );
+                }
+            }
             None => assert_eq!(cores, 1, "two cores are allowed but none measured"),
         }
+    }
+
+    #[test]
+    fn the_penalty_is_what_crossing_cores_adds() {
+        let us = Duration::from_micros;
+        let cost = |same_core, cross_core| WakeUpCost {
+            same_core: us(same_core),
+            cross_core: us(cross_core),
+        };
+        assert_eq!(cost(7, 25).idle_core_penalty(), us(18));
+        // Noise can make the cross-core trip the faster one: no penalty, not a panic.
+        assert_eq!(cost(9, 8).idle_core_penalty(), Duration::ZERO);
     }
 }
