@@ -363,6 +363,11 @@ fn main() {
         "pg_ratio: medians of {rounds} interleaved {secs} s runs, scale {scale}, \
          TLS on every leg, gateway recording on"
     );
+    // What `busy_poll = "auto"` measured at startup and chose (absent with a set window).
+    let log = gateway.log();
+    if let Some(at) = log.find("measured a wake-up") {
+        println!("gateway: {}", log[at..].lines().next().unwrap_or_default());
+    }
     // Warm every route (caches, the gateway's admin connection) before measuring.
     for r in &routes {
         pgbench(r, 2, 1, &[], None);

@@ -193,10 +193,11 @@ pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
 /// Waking a thread on an idle core adding more than this to a round trip means
 /// idle cores halt into the hypervisor. Measured (lower deciles, cross-core minus
 /// same-core): 31 µs on a VM where polling took a relayed `pgbench -S -c 1`
-/// transaction from 62 µs above direct to 0–5 µs, 14–22 µs on one where it saved
-/// 18–21 µs; 5–9 and 6–8 µs on two where it added 10–23 µs in some hours and
-/// saved 6–14 µs in others.
-const SLOW_WAKE_UP: Duration = Duration::from_micros(12);
+/// transaction from 62 µs above direct to 0–5 µs, 12–31 µs on one where it saved
+/// 18–24 µs; 5–9 and 6–8 µs on two where it added 10–23 µs in some hours and
+/// saved 6–14 µs in others. Nearer the second pair: where it is cheap polling
+/// costs a spinning core, where it is dear not polling costs every round trip.
+const SLOW_WAKE_UP: Duration = Duration::from_micros(10);
 
 /// Busy polling's window for `Auto`: [`AUTO_WINDOW`] or zero (off).
 fn auto_window() -> Duration {
@@ -417,7 +418,7 @@ mod tests {
             cross_core: Duration::from_micros(cross_core),
         };
         // The VMs the threshold comes from: polling paid on the first two.
-        for slow in [cost(5, 37), cost(7, 21)] {
+        for slow in [cost(5, 37), cost(7, 19)] {
             assert_eq!(polling_window_for(slow), AUTO_WINDOW, "{slow:?}");
         }
         // Slow all round (the sixteenth VM) is not a slow wake-up.
