@@ -193,7 +193,7 @@ pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
 /// Waking a thread on an idle core adding more than this to a round trip means
 /// idle cores halt into the hypervisor. Measured (lower deciles, cross-core minus
 /// same-core): 31 µs on a VM where polling took a relayed `pgbench -S -c 1`
-/// transaction from 62 µs above direct to 0–5 µs, 12–31 µs on one where it saved
+/// transaction from 62 µs above direct to 0–5 µs, 11–31 µs on one where it saved
 /// 18–24 µs; 5–9 and 6–8 µs on two where it added 10–23 µs in some hours and
 /// saved 6–14 µs in others. Nearer the second pair: where it is cheap polling
 /// costs a spinning core, where it is dear not polling costs every round trip.
