@@ -137,6 +137,9 @@ struct Runs {
     machine: CpuTime,
     /// TCP segments the machine sent (every leg is loopback).
     segments: u64,
+    /// Interrupts one core sent another: to wake a thread, and to run a function there.
+    reschedules: u64,
+    function_calls: u64,
     /// pgbench's CPU, and PostgreSQL's (the postmaster and its backends).
     client: CpuTime,
     server: CpuTime,
@@ -174,6 +177,21 @@ fn tcp_segments_sent() -> u64 {
         .find(|(name, _)| *name == "OutSegs")
         .and_then(|(_, value)| value.parse().ok())
         .unwrap_or(0)
+}
+
+/// The machine's count, over all cores, of one row of `/proc/interrupts` (`RES`, `CAL`).
+fn interrupts(row: &str) -> u64 {
+    let table = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let Some(line) = table
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{row}:")))
+    else {
+        return 0;
+    };
+    line.split_whitespace()
+        .skip(1)
+        .map_while(|n| n.parse::<u64>().ok())
+        .sum()
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -406,6 +424,7 @@ fn main() {
         interleaved(&routes, rounds, |i, r| {
             let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
             let segments_before = tcp_segments_sent();
+            let (reschedules_before, calls_before) = (interrupts("RES"), interrupts("CAL"));
             let (client_before, server_before) =
                 (ended_children_cpu(), process_tree_cpu(postmaster));
             let b = pgbench(r, 8, secs, args, None);
@@ -413,6 +432,8 @@ fn main() {
             run.proxy = run.proxy + (proxy_cpu(r.name) - before);
             run.machine = run.machine + (machine_cpu() - machine_before);
             run.segments += tcp_segments_sent().saturating_sub(segments_before);
+            run.reschedules += interrupts("RES").saturating_sub(reschedules_before);
+            run.function_calls += interrupts("CAL").saturating_sub(calls_before);
             // Backends that ended with the run are reaped by then.
             std::thread::sleep(std::time::Duration::from_millis(300));
             run.client = run.client + (ended_children_cpu() - client_before);
@@ -464,6 +485,15 @@ fn main() {
         println!(
             "  TCP segments per transaction: {}",
             per_route(&|run| format!("{:.2}", run.segments as f64 / run.transactions))
+        );
+        // On a VM each one is a trip through the hypervisor: a wake-up across cores.
+        println!(
+            "  interrupts between cores per transaction, rescheduling + function call: {}",
+            per_route(&|run| format!(
+                "{:.2} + {:.2}",
+                run.reschedules as f64 / run.transactions,
+                run.function_calls as f64 / run.transactions
+            ))
         );
         // Every core busy with pgbouncer's path less pgbouncer's user time: the
         // most a proxy that makes the same system calls could reach, whatever
