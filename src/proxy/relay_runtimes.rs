@@ -195,8 +195,9 @@ pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
 /// same-core): 31 µs on a VM where polling took a relayed `pgbench -S -c 1`
 /// transaction from 62 µs above direct to 0–5 µs, 11–31 µs on one where it saved
 /// 18–24 µs; 5–9 and 6–8 µs on two where it added 10–23 µs in some hours and
-/// saved 6–14 µs in others. Nearer the second pair: where it is cheap polling
-/// costs a spinning core, where it is dear not polling costs every round trip.
+/// saved 6–14 µs in others. The line sits nearer those last two: where waking is
+/// cheap, polling wrongly costs a spinning core; where it is dear, not polling
+/// costs every round trip.
 const SLOW_WAKE_UP: Duration = Duration::from_micros(10);
 
 /// Busy polling's window for `Auto`: [`AUTO_WINDOW`] or zero (off).

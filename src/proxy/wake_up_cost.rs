@@ -38,7 +38,7 @@ impl WakeUpCost {
 
 /// Measures both round trips, or `None` when the process may run on only one
 /// core (polling there would take the core from the peer it waits for). Takes
-/// 50 ms at most where wake-ups are slow. Pins the calling thread: call it on a
+/// about 30 ms where wake-ups are slow. Pins the calling thread: call it on a
 /// thread of its own.
 pub fn measure() -> std::io::Result<Option<WakeUpCost>> {
     let allowed = sched_getaffinity(None)?;
