@@ -193,7 +193,7 @@ pub const AUTO_WINDOW: Duration = Duration::from_micros(200);
 /// Waking a thread on an idle core adding more than this to a round trip means
 /// idle cores halt into the hypervisor. Measured (lower deciles, cross-core minus
 /// same-core): 31 µs on a VM where polling took a relayed `pgbench -S -c 1`
-/// transaction from 62 µs above direct to 0–5 µs, 11–31 µs on one where it saved
+/// transaction from 62 µs above direct to 0–5 µs, 10.5–31 µs on one where it saved
 /// 18–24 µs; 5–9 and 6–8 µs on two where it added 10–23 µs in some hours and
 /// saved 6–14 µs in others. The line sits nearer those last two: where waking is
 /// cheap, polling wrongly costs a spinning core; where it is dear, not polling
@@ -206,8 +206,8 @@ fn auto_window() -> Duration {
         Ok(Some(cost)) => {
             let window = polling_window_for(cost);
             tracing::info!(
-                same_core_us = cost.same_core.as_secs_f64() * 1e6,
-                cross_core_us = cost.cross_core.as_secs_f64() * 1e6,
+                same_core_us = %format_args!("{:.1}", cost.same_core.as_secs_f64() * 1e6),
+                cross_core_us = %format_args!("{:.1}", cost.cross_core.as_secs_f64() * 1e6),
                 busy_poll = if window.is_zero() { "off" } else { "on" },
                 "measured a wake-up across cores"
             );
