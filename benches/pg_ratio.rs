@@ -179,19 +179,23 @@ fn tcp_segments_sent() -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's count, over all cores, of one row of `/proc/interrupts` (`RES`, `CAL`).
-fn interrupts(row: &str) -> u64 {
+/// Interrupts one core sent another, summed over all cores from one read of
+/// `/proc/interrupts`: rescheduling (`RES`) and function calls (`CAL`).
+fn interrupts_between_cores() -> (u64, u64) {
     let table = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-    let Some(line) = table
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{row}:")))
-    else {
-        return 0;
+    let row = |name: &str| {
+        table
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))
+            .next()
+            .map_or(0, |counts| {
+                counts
+                    .split_whitespace()
+                    .map_while(|n| n.parse::<u64>().ok())
+                    .sum()
+            })
     };
-    line.split_whitespace()
-        .skip(1)
-        .map_while(|n| n.parse::<u64>().ok())
-        .sum()
+    (row("RES"), row("CAL"))
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -424,7 +428,7 @@ fn main() {
         interleaved(&routes, rounds, |i, r| {
             let (before, machine_before) = (proxy_cpu(r.name), machine_cpu());
             let segments_before = tcp_segments_sent();
-            let (reschedules_before, calls_before) = (interrupts("RES"), interrupts("CAL"));
+            let (reschedules_before, calls_before) = interrupts_between_cores();
             let (client_before, server_before) =
                 (ended_children_cpu(), process_tree_cpu(postmaster));
             let b = pgbench(r, 8, secs, args, None);
@@ -432,8 +436,9 @@ fn main() {
             run.proxy = run.proxy + (proxy_cpu(r.name) - before);
             run.machine = run.machine + (machine_cpu() - machine_before);
             run.segments += tcp_segments_sent().saturating_sub(segments_before);
-            run.reschedules += interrupts("RES").saturating_sub(reschedules_before);
-            run.function_calls += interrupts("CAL").saturating_sub(calls_before);
+            let (reschedules, calls) = interrupts_between_cores();
+            run.reschedules += reschedules.saturating_sub(reschedules_before);
+            run.function_calls += calls.saturating_sub(calls_before);
             // Backends that ended with the run are reaped by then.
             std::thread::sleep(std::time::Duration::from_millis(300));
             run.client = run.client + (ended_children_cpu() - client_before);
