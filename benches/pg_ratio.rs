@@ -186,8 +186,7 @@ fn interrupts_between_cores() -> (u64, u64) {
     let row = |name: &str| {
         table
             .lines()
-            .filter_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))
-            .next()
+            .find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))
             .map_or(0, |counts| {
                 counts
                     .split_whitespace()
