@@ -7,7 +7,7 @@
 //! wakes the idle core, and what that adds is what busy polling saves. On bare
 //! metal and on VMs whose idle cores poll before halting it adds a few
 //! microseconds; where an idle virtual core halts into the hypervisor it takes an
-//! interrupt through it and adds 10–40 µs. Busy polling pays only in the second
+//! interrupt through it and adds 10–41 µs. Busy polling pays only in the second
 //! case (README, PostgreSQL figures). The difference, not the cross-core figure
 //! alone, tells them apart: on a VM that is slow all round both trips are slow.
 
